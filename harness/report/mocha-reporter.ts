@@ -1,0 +1,52 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import Mocha from 'mocha';
+import { artifactsRoot } from '../util/paths.js';
+import { junitXml, summaryText, type TestResult } from './junit.js';
+import type { SkippableTest } from './skip.js';
+
+/** Where a fixture put the test's artifacts (set by tests/support/fixtures). */
+export interface WithArtifacts {
+  artifactsDir?: string;
+}
+
+type T = Mocha.Test & SkippableTest & WithArtifacts;
+
+function suitePath(t: Mocha.Runnable): string {
+  const parts: string[] = [];
+  for (let s = t.parent; s && !s.root; s = s.parent) parts.unshift(s.title);
+  return parts.join(' › ') || '(root)';
+}
+
+/**
+ * Mocha's spec output, plus: skips counted apart and grouped by reason, the
+ * artifacts folder of every failed test, JUnit XML (HARNESS_JUNIT, or
+ * artifacts/junit.xml), and the plain closing line "N passed, N failed, N skipped".
+ */
+export default class HarnessReporter extends Mocha.reporters.Spec {
+  readonly results: TestResult[] = [];
+
+  constructor(runner: Mocha.Runner, options?: Mocha.MochaOptions) {
+    super(runner, options);
+    const add = (t: T, state: TestResult['state'], err?: Error) => {
+      const r: TestResult = { suite: suitePath(t), title: t.title, state, durationMs: t.duration ?? 0 };
+      if (err) r.error = err.stack ?? String(err);
+      if (state === 'skipped') r.skipReason = t.skipReason ?? 'skipped without a reason';
+      if (t.artifactsDir) r.artifactsDir = t.artifactsDir;
+      this.results.push(r);
+    };
+    runner.on(Mocha.Runner.constants.EVENT_TEST_PASS, (t: T) => add(t, 'passed'));
+    runner.on(Mocha.Runner.constants.EVENT_TEST_FAIL, (t: T, err: Error) => {
+      // A failing hook is reported as a failure of the hook itself.
+      add(t, 'failed', err);
+    });
+    runner.on(Mocha.Runner.constants.EVENT_TEST_PENDING, (t: T) => add(t, 'skipped'));
+    runner.once(Mocha.Runner.constants.EVENT_RUN_END, () => {
+      const path = process.env.HARNESS_JUNIT ?? join(artifactsRoot(), 'junit.xml');
+      mkdirSync(dirname(path), { recursive: true });
+      writeFileSync(path, junitXml(this.results));
+      // After mocha's own epilogue (printed on the same event, just before us).
+      setImmediate(() => console.log(`\n${summaryText(this.results)}\nJUnit: ${path}`));
+    });
+  }
+}

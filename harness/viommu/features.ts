@@ -1,0 +1,64 @@
+import type { DeviceProperty } from '../qmp/client.js';
+import type { PropValue } from '../qemu/argv.js';
+
+/**
+ * vIOMMU features by what they mean, not by what one QEMU calls them. Names
+ * moved between releases (facts sheet §1): QEMU 11.1 says `fsts`,
+ * `scalable-mode`, `pasid-bits`; 10.0 says `x-flts`, `x-scalable-mode`,
+ * `x-pasid-mode` (a bool). Each feature lists its spellings, newest first, and
+ * how a value converts to each.
+ */
+export interface Spelling {
+  property: string;
+  /** From the feature's value to this property's value. */
+  convert?: (v: PropValue) => PropValue;
+  note?: string;
+}
+
+export interface FeatureSpec {
+  description: string;
+  spellings: Spelling[];
+}
+
+const same = (p: string): Spelling => ({ property: p });
+const bitsAsBool = (p: string): Spelling => ({
+  property: p,
+  convert: (v) => Number(v) > 0,
+  note: `${p} is a bool: any width > 0 turns PASID on with this QEMU's fixed width`,
+});
+
+export const INTEL_IOMMU_FEATURES: Record<string, FeatureSpec> = {
+  scalableMode: { description: 'scalable mode', spellings: [same('scalable-mode'), same('x-scalable-mode')] },
+  fsts: { description: 'first-stage translation', spellings: [same('fsts'), same('x-flts'), same('flts')] },
+  pasidBits: { description: 'PASID support (width in bits)', spellings: [same('pasid-bits'), bitsAsBool('x-pasid-mode'), bitsAsBool('pasid')] },
+  cachingMode: { description: 'caching mode (needed for device assignment)', spellings: [same('caching-mode')] },
+  deviceIotlb: { description: 'device IOTLB (ATS)', spellings: [same('device-iotlb')] },
+  awBits: { description: 'address width', spellings: [same('aw-bits')] },
+  intremap: { description: 'interrupt remapping', spellings: [same('intremap')] },
+  eim: { description: 'extended interrupt mode', spellings: [same('eim')] },
+  svm: { description: 'shared virtual memory', spellings: [same('svm')] },
+  dmaTranslation: { description: 'DMA translation', spellings: [same('dma-translation')] },
+};
+
+export const ARM_SMMUV3_FEATURES: Record<string, FeatureSpec> = {
+  accel: { description: 'hardware-accelerated nested translation', spellings: [same('accel')] },
+  ssidsize: { description: 'substream ID (PASID) width', spellings: [same('ssidsize')] },
+  ats: { description: 'ATS', spellings: [same('ats')] },
+  ril: { description: 'range invalidation', spellings: [same('ril')] },
+  oas: { description: 'output address size', spellings: [same('oas')] },
+  stage: { description: 'translation stage', spellings: [same('stage')] },
+  cmdqv: { description: 'Tegra241 CMDQV', spellings: [same('cmdqv')] },
+  primaryBus: { description: 'the PCI bus it translates for', spellings: [same('primary-bus')] },
+};
+
+export const FEATURES_BY_DRIVER: Record<string, Record<string, FeatureSpec>> = {
+  'intel-iommu': INTEL_IOMMU_FEATURES,
+  'arm-smmuv3': ARM_SMMUV3_FEATURES,
+};
+
+/** Which spelling of each feature a QEMU offers (undefined: none of them). */
+export function featureNames(driver: string, props: readonly DeviceProperty[]): Record<string, string | undefined> {
+  const have = new Set(props.map((p) => p.name));
+  const specs = FEATURES_BY_DRIVER[driver] ?? {};
+  return Object.fromEntries(Object.entries(specs).map(([f, s]) => [f, s.spellings.find((sp) => have.has(sp.property))?.property]));
+}

@@ -1,0 +1,43 @@
+#!/bin/sh
+# Everything `npm test`, `npm start` and `npm run bench` need, installed once
+# and reused: Debian tools the README names, node_modules, the reference QEMU,
+# the guest kernel and initramfs, the compiled harness. Each step is a no-op
+# when its result is already there, so a second run takes about a second
+# plus the TypeScript build.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here/.."
+. "$here/lib/common.sh"
+
+# 1. Debian tools (only those in scripts/bootstrap-tools.txt, on the machine itself).
+if [ -f scripts/bootstrap-tools.txt ]; then
+  missing=$(grep -v '^\s*#' scripts/bootstrap-tools.txt | while read -r pkg; do
+    [ -n "$pkg" ] || continue
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || echo "$pkg"
+  done)
+  if [ -n "$missing" ]; then
+    [ "$(id -u)" = 0 ] || die "missing Debian packages (install them as root): $missing"
+    log "installing Debian packages: $(echo $missing)"
+    apt-get update -q >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -q -y --no-install-recommends $missing >/dev/null
+  fi
+fi
+
+# 2. node_modules, when absent or older than the lock file.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  log "installing npm dependencies"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# 3. The reference QEMU (skipped when the user points at their own for both arches).
+sh scripts/install-qemu.sh
+
+# 4. Guest kernel and initramfs (cached by their inputs; ~10 minutes the first time).
+if [ "${HARNESS_SKIP_IMAGES:-}" != 1 ]; then
+  [ -x scripts/build-kernel.sh ] && sh scripts/build-kernel.sh
+  [ -x scripts/build-initramfs.sh ] && sh scripts/build-initramfs.sh
+fi
+
+# 5. The harness itself (tests and the CLI run as compiled JavaScript).
+npx tsc -p .

@@ -1,0 +1,67 @@
+#!/bin/sh
+# Installs the reference QEMU (Debian sid's current qemu-system-x86 and
+# qemu-system-arm, with firmware) into $HARNESS_CACHE_DIR/qemu without touching
+# the machine's system paths. The binaries run through the unpacked sysroot's
+# own dynamic loader (see harness/qemu/binary.ts); wrappers in qemu/bin/ do the
+# same for people.
+#
+#   scripts/install-qemu.sh            install if absent (a no-op when present)
+#   scripts/install-qemu.sh --update   reinstall whatever sid has now
+set -eu
+. "$(dirname "$0")/lib/common.sh"
+
+dest="$HARNESS_CACHE_DIR/qemu"
+manifest="$dest/manifest.json"
+packages="qemu-system-x86 qemu-system-arm qemu-system-data qemu-efi-aarch64 seabios ipxe-qemu"
+
+if [ "${1:-}" != "--update" ] && [ -f "$manifest" ]; then
+  exit 0
+fi
+
+tmp="$dest.new.$$"
+trap 'rm -rf "$tmp"' EXIT
+rm -rf "$tmp"
+# shellcheck disable=SC2086
+sid_unpack "$tmp" $packages
+
+arch_lib="usr/lib/$(multiarch)"
+loader=$(ls "$tmp/$arch_lib"/ld-linux*.so.* 2>/dev/null | head -n1)
+[ -n "$loader" ] || die "no dynamic loader in the unpacked sysroot ($tmp/$arch_lib)"
+loader=${loader#"$tmp/"}
+
+version=$(sed -n 's/^qemu-system-x86 //p' "$tmp/.packages")
+mkdir -p "$tmp/bin"
+for exe in qemu-system-x86_64 qemu-system-aarch64; do
+  [ -x "$tmp/usr/bin/$exe" ] || die "$exe missing from the unpacked packages"
+  cat > "$tmp/bin/$exe" <<WRAP
+#!/bin/sh
+# Runs sid's $exe through sid's own loader and libraries.
+root=\$(cd "\$(dirname "\$0")/.." && pwd)
+QEMU_MODULE_DIR=\${QEMU_MODULE_DIR:-\$root/usr/lib/$(multiarch)/qemu}
+export QEMU_MODULE_DIR
+exec "\$root/$loader" --library-path "\$root/$arch_lib" "\$root/usr/bin/$exe" \\
+  -L "\$root/usr/share/qemu" -L "\$root/usr/share/seabios" -L "\$root/usr/lib/ipxe/qemu" "\$@"
+WRAP
+  chmod +x "$tmp/bin/$exe"
+done
+
+"$tmp/bin/qemu-system-x86_64" --version | head -n1 | grep -q 'QEMU emulator version' \
+  || die "the unpacked qemu-system-x86_64 does not run"
+
+cat > "$tmp/manifest.json" <<JSON
+{
+  "source": "Debian sid ($DEBIAN_MIRROR)",
+  "debianVersion": "$version",
+  "installedAt": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
+  "loader": "$loader",
+  "libraryPath": "$arch_lib",
+  "moduleDir": "$arch_lib/qemu",
+  "firmwareDirs": ["usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe/qemu"],
+  "binaries": { "x86_64": "usr/bin/qemu-system-x86_64", "aarch64": "usr/bin/qemu-system-aarch64" },
+  "packages": "$(tr '\n' ';' < "$tmp/.packages")"
+}
+JSON
+rm -rf "$dest"
+mv "$tmp" "$dest"
+trap - EXIT
+log "installed QEMU $version into $dest"

@@ -1,0 +1,75 @@
+# Shared by the project's shell scripts. Sourced, never run.
+# The cache lives outside the clone so that a fresh clone (CI) reuses what an
+# earlier run built: QEMU, the guest kernel, the Python peer for the bench.
+HARNESS_CACHE_DIR="${HARNESS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/viommu-harness}"
+DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+export HARNESS_CACHE_DIR
+
+log() { printf '[%s] %s\n' "${0##*/}" "$*" >&2; }
+die() { printf '[%s] error: %s\n' "${0##*/}" "$*" >&2; exit 1; }
+
+# Runs apt-get/apt-cache against Debian sid with a private configuration: its
+# own state, lists and archive cache under $HARNESS_CACHE_DIR/apt-sid, and an
+# empty dpkg status, so apt resolves sid's whole dependency closure without
+# ever reading or writing the machine's own package database.
+# sid's Release file counts as expired against this machine's clock, hence
+# Check-Valid-Until=false (the signature is still checked).
+sid_apt_root="$HARNESS_CACHE_DIR/apt-sid"
+sid_apt_opts() {
+  printf '%s\n' \
+    -o "Dir::State=$sid_apt_root/state" \
+    -o "Dir::State::status=$sid_apt_root/state/status" \
+    -o "Dir::State::Lists=$sid_apt_root/lists" \
+    -o "Dir::Cache=$sid_apt_root/cache" \
+    -o "Dir::Etc::SourceList=$sid_apt_root/sources.list" \
+    -o "Dir::Etc::SourceParts=$sid_apt_root/no-parts" \
+    -o "Dir::Etc::Preferences=$sid_apt_root/no-preferences" \
+    -o "Dir::Etc::PreferencesParts=$sid_apt_root/no-parts" \
+    -o "Acquire::Check-Valid-Until=false" \
+    -o "APT::Install-Recommends=false" \
+    -o "APT::Get::AllowUnauthenticated=false" \
+    -o "Debug::NoLocking=1"
+}
+sid_apt_init() {
+  mkdir -p "$sid_apt_root/state" "$sid_apt_root/lists/partial" "$sid_apt_root/cache/archives/partial"
+  : > "$sid_apt_root/state/status"
+  echo "deb $DEBIAN_MIRROR sid main" > "$sid_apt_root/sources.list"
+  # The lists are refreshed at most once an hour: installs stay fast and
+  # repeatable within a run, yet follow sid when asked again later.
+  if [ -z "$(find "$sid_apt_root/lists" -name '*_Packages' -mmin -60 2>/dev/null | head -n1)" ]; then
+    log "refreshing Debian sid package lists"
+    # shellcheck disable=SC2046
+    apt-get $(sid_apt_opts) -q update >"$sid_apt_root/update.log" 2>&1 \
+      || { tail -n 20 "$sid_apt_root/update.log" >&2; die "apt-get update for sid failed (log: $sid_apt_root/update.log)"; }
+  fi
+}
+sid_apt_get() { # shellcheck disable=SC2046
+  apt-get $(sid_apt_opts) "$@"; }
+sid_apt_cache() { # shellcheck disable=SC2046
+  apt-cache $(sid_apt_opts) "$@"; }
+
+# Downloads PACKAGES and their dependency closure from sid and unpacks every
+# .deb into ROOT with dpkg -x (no maintainer scripts run, nothing registered).
+# Prints the "name version" of each unpacked package to ROOT/.packages.
+sid_unpack() {
+  root=$1; shift
+  sid_apt_init
+  log "resolving and downloading from sid: $*"
+  sid_apt_get -q -y --download-only install "$@" >"$sid_apt_root/download.log" 2>&1 \
+    || { tail -n 20 "$sid_apt_root/download.log" >&2; die "apt-get could not download $* from sid"; }
+  # Which debs belong to this closure: ask apt for the install plan again
+  # (a simulation), then pick those files from the archive cache.
+  mkdir -p "$root"
+  : > "$root/.packages"
+  sid_apt_get -q -s install "$@" 2>/dev/null | awk '/^Inst /{print $2, substr($3,2)}' |
+  while read -r name version; do
+    deb=$(ls "$sid_apt_root/cache/archives/${name}_"*.deb 2>/dev/null | while read -r f; do
+      v=$(dpkg-deb -f "$f" Version); [ "$v" = "$version" ] && echo "$f"; done | head -n1)
+    [ -n "$deb" ] || die "downloaded archive for $name $version not found"
+    dpkg -x "$deb" "$root"
+    echo "$name $version" >> "$root/.packages"
+  done
+}
+
+# Pick the Debian architecture name's library directory inside a sysroot.
+multiarch() { dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo "$(uname -m)-linux-gnu"; }
