@@ -1,0 +1,136 @@
+import type { DeviceSpec, MachineDescription, PropValue } from '../qemu/argv.js';
+import type { Machine } from '../qemu/machine.js';
+import { Agent } from './agent.js';
+import { Console } from './console.js';
+import type { GuestImage } from './image.js';
+
+/** The virtserialport name init looks for (images/init/init, harness.agent=). */
+export const AGENT_PORT_NAME = 'org.harness.agent';
+/** Chardev ids the Machine listens on. */
+export const AGENT_CHARDEV = 'agent';
+export const SERIAL_CHARDEV = 'serial0';
+
+/**
+ * The intel-iommu of the guest-side tests: scalable mode with 20 PASID bits,
+ * device IOTLB, interrupt remapping and caching mode (as for device
+ * assignment). Property names are QEMU 11.1's (see the facts sheet, section 1).
+ */
+export const DEFAULT_INTEL_IOMMU: Record<string, PropValue> = {
+  intremap: 'on',
+  'scalable-mode': true,
+  'pasid-bits': 20,
+  'device-iotlb': true,
+  'caching-mode': true,
+};
+
+export interface GuestOptions {
+  image: GuestImage;
+  /** intel-iommu properties, or false for no vIOMMU. Default DEFAULT_INTEL_IOMMU. */
+  intelIommu?: Record<string, PropValue> | false;
+  accel?: 'tcg' | 'kvm';
+  cpu?: string;
+  smp?: number;
+  memoryMB?: number;
+  /** Extra kernel command-line words (after the harness's own). */
+  append?: string[];
+  /** Devices after the vIOMMU and the agent's virtio-serial. */
+  devices?: DeviceSpec[];
+  globals?: MachineDescription['globals'];
+  objects?: MachineDescription['objects'];
+  trace?: string[];
+  extraArgs?: string[];
+  /** Print less while booting (loglevel=4): less console I/O under TCG. */
+  quiet?: boolean;
+}
+
+/** The kernel command line for an agent guest. */
+export function guestCmdline(opts: Pick<GuestOptions, 'append' | 'quiet'> = {}): string {
+  return [
+    'console=ttyS0,115200',
+    // A panic ends the machine (-no-reboot) instead of hanging until a deadline.
+    'panic=-1',
+    ...(opts.quiet ? ['loglevel=4'] : []),
+    'harness.role=agent',
+    `harness.agent=${AGENT_PORT_NAME}`,
+    ...(opts.append ?? []),
+  ].join(' ');
+}
+
+/** A q35 machine that boots the harness kernel with the agent on a virtio-console port. */
+export function guestDescription(opts: GuestOptions): MachineDescription {
+  const iommu = opts.intelIommu === false ? undefined : (opts.intelIommu ?? DEFAULT_INTEL_IOMMU);
+  const devices: DeviceSpec[] = [
+    // intel-iommu must precede the PCI devices it translates.
+    ...(iommu ? [{ driver: 'intel-iommu', id: 'iommu0', ...iommu }] : []),
+    { driver: 'virtio-serial-pci', id: 'vser0' },
+    { driver: 'virtserialport', id: 'agentport', bus: 'vser0.0', chardev: AGENT_CHARDEV, name: AGENT_PORT_NAME },
+    ...(opts.devices ?? []),
+  ];
+  return {
+    arch: 'x86_64',
+    // Interrupt remapping needs the split irqchip under KVM; TCG takes it too.
+    machine: { type: 'q35', props: iommu ? { 'kernel-irqchip': 'split' } : {} },
+    accel: opts.accel ?? 'tcg',
+    cpu: opts.cpu ?? 'max',
+    smp: opts.smp ?? 2,
+    memoryMB: opts.memoryMB ?? 1024,
+    kernel: { path: opts.image.kernel, initrd: opts.image.initrd, append: guestCmdline(opts) },
+    serial: true,
+    chardevs: [AGENT_CHARDEV],
+    devices,
+    ...(opts.globals ? { globals: opts.globals } : {}),
+    ...(opts.objects ? { objects: opts.objects } : {}),
+    ...(opts.trace ? { trace: opts.trace } : {}),
+    extraArgs: ['-no-reboot', ...(opts.extraArgs ?? [])],
+  };
+}
+
+export interface BootedGuest {
+  machine: Machine;
+  console: Console;
+  agent: Agent;
+  /** Host milliseconds from the start of launch to QMP ready and to the agent's answer. */
+  launchMs: number;
+  agentReadyMs: number;
+  /** The guest's uptime when the agent answered. */
+  guestUptimeS: number;
+}
+
+export interface BootOptions {
+  /** Deadline for the agent's first answer, counted from QMP ready. */
+  readyTimeoutMs?: number;
+}
+
+/**
+ * Attaches the console and the agent to a Machine launched from
+ * guestDescription(): for machines a test launches itself.
+ */
+export function attachGuest(machine: Machine): { console: Console; agent: Agent } {
+  const console = new Console(machine.chardev(SERIAL_CHARDEV));
+  const agent = new Agent(machine.chardev(AGENT_CHARDEV), () => {
+    const tail = console
+      .tail(30)
+      .split('\n')
+      .map((l) => `    | ${l}`)
+      .join('\n');
+    return `  console tail:\n${tail}\n  full console log: ${console.logPath ?? '(none)'}\n  machine artifacts: ${machine.artifactsDir}`;
+  });
+  return { console, agent };
+}
+
+/**
+ * Launches a guest (through `launch`, e.g. a test's MachineFixture or
+ * Machine.launch) and waits until its agent answers.
+ */
+export async function bootGuest(
+  launch: (desc: MachineDescription) => Promise<Machine>,
+  opts: GuestOptions,
+  boot: BootOptions = {},
+): Promise<BootedGuest> {
+  const t0 = Date.now();
+  const machine = await launch(guestDescription(opts));
+  const launchMs = Date.now() - t0;
+  const { console, agent } = attachGuest(machine);
+  const ready = await agent.ready(boot.readyTimeoutMs ?? 60_000);
+  return { machine, console, agent, launchMs, agentReadyMs: Date.now() - t0, guestUptimeS: ready.uptimeS };
+}
