@@ -107,7 +107,8 @@ export function resolveConfig(config: ViommuConfig, probe: QemuProbe): { device?
     if (!spelling) {
       throw new ViommuFeatureError(probe.binary.path, probe.version.text, driver, spec.description, spec.spellings.map((s) => s.property));
     }
-    device[spelling.property] = spelling.convert ? spelling.convert(value) : value;
+    const type = props.find((p) => p.name === spelling.property)!.type;
+    device[spelling.property] = coerceToPropertyType(spelling.convert ? spelling.convert(value) : value, type);
     if (spelling.note) notes.push(spelling.note);
   }
   return { device, notes };
@@ -122,4 +123,23 @@ export function describeMachine(config: ViommuConfig, probe: QemuProbe, extra: P
     ...extra,
     devices: [...(device ? [device] : []), ...(extra.devices ?? [])],
   };
+}
+
+/**
+ * Configs say `ats: true` or `ssidsize: 20`; QEMU's JSON -device wants each
+ * value in its property's own type, and those types change between releases
+ * (ats went from bool to OnOffAuto, ssidsize and oas became enums with
+ * "auto"). The probed type decides.
+ */
+export function coerceToPropertyType(value: PropValue, type: string): PropValue {
+  if (type === 'bool') {
+    if (value === 'on' || value === 'true') return true;
+    if (value === 'off' || value === 'false') return false;
+    return value;
+  }
+  if (/^u?int\d+$/.test(type) && typeof value === 'string' && /^\d+$/.test(value)) return Number(value);
+  if (/^u?int\d+$/.test(type) || type.startsWith('link<')) return value;
+  // OnOffAuto, enums (OasMode, SsidSizeMode), str: strings.
+  if (typeof value === 'boolean') return value ? 'on' : 'off';
+  return String(value);
 }

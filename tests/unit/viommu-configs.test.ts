@@ -1,0 +1,67 @@
+import { expect } from 'chai';
+import type { DeviceProperty } from '../../harness/qmp/client.js';
+import { coerceToPropertyType, ConfigError, listConfigs, loadConfig, resolveConfig, validateConfig, ViommuFeatureError } from '../../harness/viommu/configs.js';
+import { featureNames } from '../../harness/viommu/features.js';
+import type { QemuProbe } from '../../harness/viommu/probe.js';
+
+const prop = (name: string, type = 'bool'): DeviceProperty => ({ name, type });
+// Property names as QEMU 11.1.3 and trixie's 10.0.13 list them (facts sheet §1, §9).
+const qemu11 = ['scalable-mode', 'fsts', 'pasid-bits', 'caching-mode', 'aw-bits', 'intremap', 'device-iotlb', 'svm'].map((n) => prop(n));
+const qemu10 = ['x-scalable-mode', 'x-flts', 'x-pasid-mode', 'caching-mode', 'aw-bits', 'intremap', 'device-iotlb', 'svm', 'pt', 'dma-drain'].map((n) => prop(n));
+const probeOf = (props: DeviceProperty[]): QemuProbe =>
+  ({
+    binary: { path: '/opt/qemu/bin/qemu-system-x86_64' },
+    version: { text: 'QEMU emulator version 10.0.13' },
+    drivers: { 'intel-iommu': props },
+  }) as unknown as QemuProbe;
+
+describe('vIOMMU configs and property names', () => {
+  it('loads every shipped config', () => {
+    const names = listConfigs();
+    expect(names).to.include.members(['intel-iommu-scalable-fsts-pasid', 'arm-smmuv3-accel', 'no-viommu-q35']);
+    for (const n of names) expect(loadConfig(n).name).to.equal(n);
+  });
+
+  it('maps features to 11.1 names', () => {
+    const { device } = resolveConfig(loadConfig('intel-iommu-scalable-fsts-pasid'), probeOf(qemu11));
+    expect(device).to.include({ driver: 'intel-iommu', 'scalable-mode': true, fsts: true, 'pasid-bits': 20, 'caching-mode': true });
+  });
+
+  it('maps features to 10.0 names, PASID width becoming the x-pasid-mode bool', () => {
+    const { device, notes } = resolveConfig(loadConfig('intel-iommu-scalable-fsts-pasid'), probeOf(qemu10));
+    expect(device).to.include({ 'x-scalable-mode': true, 'x-flts': true, 'x-pasid-mode': true });
+    expect(device).to.not.have.any.keys('fsts', 'pasid-bits');
+    expect(notes.join()).to.match(/x-pasid-mode is a bool/);
+    expect(featureNames('intel-iommu', qemu10)).to.include({ fsts: 'x-flts', scalableMode: 'x-scalable-mode', pasidBits: 'x-pasid-mode' });
+  });
+
+  it('names the binary, version and the names tried when a feature is missing', () => {
+    const noFsts = qemu11.filter((p) => p.name !== 'fsts');
+    expect(() => resolveConfig(loadConfig('intel-iommu-scalable-fsts'), probeOf(noFsts))).to.throw(
+      ViommuFeatureError,
+      'QEMU /opt/qemu/bin/qemu-system-x86_64 (QEMU emulator version 10.0.13) has no intel-iommu property for first-stage translation (tried fsts, x-flts, flts)',
+    );
+  });
+
+  it('converts values to the property types the QEMU reports', () => {
+    expect(coerceToPropertyType(true, 'OnOffAuto')).to.equal('on');
+    expect(coerceToPropertyType(20, 'SsidSizeMode')).to.equal('20');
+    expect(coerceToPropertyType('on', 'bool')).to.equal(true);
+    expect(coerceToPropertyType('48', 'uint8')).to.equal(48);
+    expect(coerceToPropertyType(true, 'bool')).to.equal(true);
+  });
+
+  it('refuses an unknown config name, listing the known ones', () => {
+    expect(() => loadConfig('intel-iommu-nope')).to.throw(ConfigError, /unknown vIOMMU config "intel-iommu-nope" \(known: .*intel-iommu-legacy/);
+  });
+
+  it('names the bad field of a malformed config', () => {
+    const base = { description: 'd', arch: 'x86_64', machine: { type: 'q35' } };
+    expect(() => validateConfig('c', { ...base, arch: 'riscv64' })).to.throw(ConfigError, /field arch must be "x86_64" or "aarch64", not "riscv64"/);
+    expect(() => validateConfig('c', { ...base, viommu: { driver: 'amd-iommu', features: {} } })).to.throw(ConfigError, /field viommu.driver/);
+    expect(() => validateConfig('c', { ...base, viommu: { driver: 'intel-iommu', features: { flts: true } } })).to.throw(
+      ConfigError,
+      /field viommu.features.flts is not a intel-iommu feature/,
+    );
+  });
+});
