@@ -1,0 +1,86 @@
+// iommufd lines are written from the facts sheet, not captured: tests/fixtures/trace/README.md.
+import * as chai from 'chai';
+import { expect } from 'chai';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
+import { TraceFormats } from '../../harness/trace/formats.js';
+import { IommufdModel } from '../../harness/trace/model.js';
+import { expectHwpt } from '../../harness/trace/oracle.js';
+import { parseTrace } from '../../harness/trace/parse.js';
+import { repoRoot } from '../../harness/util/paths.js';
+
+chai.use(iommufdAssertions);
+
+const FIX = join(repoRoot, 'tests', 'fixtures', 'trace');
+const fixture = (name: string): string => readFileSync(join(FIX, name), 'utf8');
+const formats = TraceFormats.fromText(fixture('trace-events-11.1.3-excerpt'));
+const model = (name: string): IommufdModel => IommufdModel.fromParse(parseTrace(fixture(name), formats));
+
+function failure(fn: () => void): string {
+  try {
+    fn();
+  } catch (e) {
+    return (e as Error).message;
+  }
+  throw new Error('expected the assertion to fail');
+}
+
+describe('trace chai plugin', function () {
+  it('allocatedHwpt passes on a matching allocation and fails naming flags and quoting lines', function () {
+    const m = model('facts-vtd-nested-pasid.log');
+    expect(m).to.have.allocatedHwpt({ flags: ['NEST_PARENT', 'DIRTY_TRACKING', 'PASID'], devId: 1, ptId: 2 });
+    expect(m).to.have.allocatedHwpt({ flags: ['PASID'], hwptType: 'VTD_S1', len: 24, ptKind: 'hwpt' });
+    expect(m).not.to.have.allocatedHwpt({ flags: ['NEST_PARENT', 'PASID'] });
+    const msg = failure(() => expect(m).to.have.allocatedHwpt({ flags: ['NEST_PARENT', 'PASID'] }));
+    expect(msg).to.include('flags=0x9 (NEST_PARENT|PASID)');
+    expect(msg).to.include('L4: dev_id=1 pt_id=2 flags=0xb (NEST_PARENT|DIRTY_TRACKING|PASID)');
+    expect(msg).to.include('  L4: iommufd_backend_alloc_hwpt  iommufd=20 dev_id=1 pt_id=2 flags=0xb');
+  });
+
+  it('allocatedHwpt means success unless ret says otherwise; requestedHwpt takes any answer', function () {
+    const m = model('facts-fsts-eopnotsupp.log');
+    expect(m).not.to.have.allocatedHwpt({ flags: ['NEST_PARENT'] });
+    expect(m).to.have.allocatedHwpt({ flags: ['NEST_PARENT'], ret: 'EOPNOTSUPP' });
+    expect(m).to.have.requestedHwpt({ flags: ['NEST_PARENT'] });
+    const msg = failure(() => expect(m).to.have.allocatedHwpt({ flags: ['NEST_PARENT'] }));
+    expect(msg).to.include('ret=0 (OK)');
+    expect(msg).to.include('ret=-95 (EOPNOTSUPP)');
+  });
+
+  it('freedEverything lists what is still live with its line', function () {
+    expect(model('facts-hotplug-no-viommu.log')).to.have.freedEverything();
+    const msg = failure(() => expect(model('facts-two-devices-reuse.log')).to.have.freedEverything());
+    expect(msg).to.include('2 still live');
+    expect(msg).to.include('hwpt 3 (iommufd 12) allocated at L4: iommufd_backend_alloc_hwpt');
+  });
+
+  it('attached matches pasid, device and target', function () {
+    const m = model('facts-two-devices-reuse.log');
+    expect(m).to.have.attached({ pasid: 0 });
+    expect(m).to.have.attached({ devId: 4, targetId: 3, targetKind: 'hwpt' });
+    const msg = failure(() => expect(m).to.have.attached({ pasid: 1 }));
+    expect(msg).to.include('expected an attach matching {"pasid":1}');
+    expect(msg).to.include('L7: 0000:00:04.0 devid=4 pasid=0 → id=3 (hwpt)');
+  });
+
+  it('requestedPerOracle compares the request with the oracle, and the reuse rule', function () {
+    const host = { dirtyTracking: false, maxPasidLog2: 0 };
+    const none = expectHwpt({ kind: 'none' }, host);
+    const m = model('facts-two-devices-reuse.log');
+    expect(m).to.have.requestedPerOracle(none, { devId: 1 });
+    expect(m).to.have.requestedPerOracle(expectHwpt({ kind: 'none' }, host, { reusesExistingHwpt: true }), { devId: 4 });
+    const fsts = expectHwpt({ kind: 'intel-iommu', fsts: true }, host);
+    expect(model('facts-fsts-eopnotsupp.log')).to.have.requestedPerOracle(fsts);
+    const msg = failure(() => expect(m).to.have.requestedPerOracle(fsts, { devId: 1 }));
+    expect(msg).to.include('flags=0x1 (NEST_PARENT)');
+    expect(msg).to.include('NEST_PARENT: the vIOMMU wants a nesting parent');
+  });
+
+  it('mentions unparsed lines and rejects what is not a model', function () {
+    const msg = failure(() => expect(model('garbled.log')).to.have.allocatedHwpt({ flags: ['PASID'] }));
+    expect(msg).to.include('3 trace line(s) did not parse');
+    expect(msg).to.include('L3: iommufd_backend_alloc_hwpt  iommufd=12 dev_id=1 pt_id=2 flags=0x9 hwpt_ty');
+    expect(() => expect([]).to.have.freedEverything()).to.throw(TypeError, /expected an IommufdModel.*got Array/);
+  });
+});
