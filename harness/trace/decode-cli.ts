@@ -1,0 +1,116 @@
+/**
+ * `harness trace decode FILE [--json] [--formats PATH]`: one record per line
+ * (JSON objects with --json), diagnostics on stderr. Exit status: 0 clean,
+ * 1 when some line of a known event did not parse, 2 on bad usage or I/O.
+ */
+import { defaultTraceEventsPath, TraceFormats, type FieldValue } from './formats.js';
+import { decodedFields } from './flags.js';
+import { parseTraceFile, type ParsedLine } from './parse.js';
+
+const USAGE = 'usage: harness trace decode FILE [--json] [--formats PATH]';
+
+/** JSON with bigints written as plain numbers (JSON has no size limit; JS does). */
+export function recordJson(p: Exclude<ParsedLine, { kind: 'diagnostic' }>): string {
+  if (p.kind === 'raw') {
+    const o: Record<string, unknown> = { line: p.line, kind: p.reason, raw: p.raw };
+    if (p.time) o.time = p.time;
+    if (p.event) o.event = p.event;
+    return JSON.stringify(o);
+  }
+  const o: Record<string, unknown> = { line: p.line };
+  if (p.time) o.time = p.time;
+  o.event = p.event;
+  let big = false;
+  for (const v of Object.values(p.fields)) if (typeof v === 'bigint') big = true;
+  o.fields = p.fields;
+  const decoded = decodedFields(p.event, p.fields);
+  if (Object.keys(decoded).length) o.decoded = decoded;
+  if (!big) return JSON.stringify(o);
+  return JSON.stringify(o, (_k, v: unknown) => (typeof v === 'bigint' ? `\u0000big:${v}\u0000` : v)).replace(
+    /"\\u0000big:(-?\d+)\\u0000"/g,
+    '$1',
+  );
+}
+
+function text(p: Exclude<ParsedLine, { kind: 'diagnostic' }>): string {
+  const t = p.time ? `${p.time} ` : '';
+  if (p.kind === 'raw') return `${p.line}: ${t}[${p.reason}] ${p.raw}`;
+  const show = (v: FieldValue): string => (typeof v === 'string' ? JSON.stringify(v) : String(v));
+  const decoded = decodedFields(p.event, p.fields);
+  const fields = Object.entries(p.fields).map(([k, v]) => {
+    const d = decoded[k];
+    return d === undefined ? `${k}=${show(v)}` : `${k}=${show(v)}(${Array.isArray(d) ? d.join('|') || 'none' : d})`;
+  });
+  return `${p.line}: ${t}${p.event} ${fields.join(' ')}`;
+}
+
+export interface DecodeIo {
+  stdout: NodeJS.WritableStream;
+  stderr: NodeJS.WritableStream;
+}
+
+export async function traceDecode(argv: string[], io: DecodeIo = process): Promise<number> {
+  const { stdout, stderr } = io;
+  let file: string | undefined;
+  let json = false;
+  let formatsPath: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--json') json = true;
+    else if (a === '--formats') {
+      formatsPath = argv[++i];
+      if (formatsPath === undefined) {
+        stderr.write(`--formats needs a path\n${USAGE}\n`);
+        return 2;
+      }
+    } else if (a === '-h' || a === '--help') {
+      stdout.write(`${USAGE}\n`);
+      return 0;
+    } else if (a.startsWith('-')) {
+      stderr.write(`unknown option ${a}\n${USAGE}\n`);
+      return 2;
+    } else if (file === undefined) file = a;
+    else {
+      stderr.write(`one FILE only (got ${file} and ${a})\n${USAGE}\n`);
+      return 2;
+    }
+  }
+  if (file === undefined) {
+    stderr.write(`${USAGE}\n`);
+    return 2;
+  }
+  const fp = formatsPath ?? defaultTraceEventsPath();
+  let formats: TraceFormats;
+  try {
+    formats = await TraceFormats.load(fp);
+  } catch (e) {
+    stderr.write(`${(e as Error).message}${formatsPath ? '' : ' (install the reference QEMU: scripts/install-qemu.sh, or pass --formats)'}\n`);
+    return 2;
+  }
+  let out: string[] = [];
+  let diagnostics = 0;
+  const flush = async (): Promise<void> => {
+    if (out.length === 0) return;
+    const chunk = out.join('\n') + '\n';
+    out = [];
+    if (!stdout.write(chunk)) await new Promise((r) => stdout.once('drain', r));
+  };
+  let pending: Promise<void> = Promise.resolve();
+  try {
+    await parseTraceFile(file, formats, (p) => {
+      if (p.kind === 'diagnostic') {
+        diagnostics++;
+        stderr.write(`${file}:${p.line}: ${p.message}\n  ${p.raw}\n`);
+        return;
+      }
+      out.push(json ? recordJson(p) : text(p));
+      if (out.length >= 4096) pending = pending.then(flush);
+    });
+  } catch (e) {
+    stderr.write(`${file}: ${(e as Error).message}\n`);
+    return 2;
+  }
+  await pending;
+  await flush();
+  return diagnostics > 0 ? 1 : 0;
+}
