@@ -1,0 +1,118 @@
+import { expect } from 'chai';
+import WebSocket from 'ws';
+import { startQmpBridge } from '../../harness/qmp/ws-bridge.js';
+import type { Machine } from '../../harness/qemu/machine.js';
+import { useMachines } from '../../harness/testing/fixtures.js';
+import { requireQemu } from '../../harness/testing/prereqs.js';
+import { withDeadline } from '../../harness/util/deadline.js';
+import { freeLoopbackPort } from '../../harness/util/net.js';
+
+/** A ws client that queues every message, so none is missed between awaits. */
+async function wsClient(url: string, opts: WebSocket.ClientOptions = {}, protocols?: string) {
+  const ws = protocols ? new WebSocket(url, protocols, opts) : new WebSocket(url, opts);
+  const queue: string[] = [];
+  const waiters: Array<(s: string) => void> = [];
+  ws.on('message', (d) => {
+    const s = String(d);
+    const w = waiters.shift();
+    if (w) w(s);
+    else queue.push(s);
+  });
+  await withDeadline(new Promise((resolve, reject) => (ws.once('open', resolve), ws.once('error', reject))), 5000, `ws connect ${url}`);
+  return {
+    ws,
+    next: (ms = 5000) => withDeadline(queue.length ? Promise.resolve(queue.shift()!) : new Promise<string>((r) => waiters.push(r)), ms, 'ws message'),
+    send: (o: object) => ws.send(JSON.stringify(o)),
+    /** QEMU's websocket chardev reads binary frames only. */
+    sendBinary: (text: string) => ws.send(Buffer.from(text)),
+    close: () => ws.close(),
+  };
+}
+
+describe('QMP over WebSocket', function () {
+  before(async function () {
+    await requireQemu(this, 'x86_64');
+  });
+  const machines = useMachines();
+
+  describe("the harness's bridge", () => {
+    let m: Machine;
+    beforeEach(async () => {
+      m = await machines.launch({ arch: 'x86_64', machine: { type: 'q35' }, paused: true });
+    });
+
+    it('greets, answers under the client’s ids, forwards events and typed errors', async () => {
+      const bridge = await startQmpBridge(m.qmp.conn);
+      try {
+        expect(bridge.url).to.match(/^ws:\/\/127\.0\.0\.1:\d+\/$/);
+        const c = await wsClient(`${bridge.url}?token=${bridge.token}`);
+        expect(JSON.parse(await c.next())).to.have.nested.property('QMP.version.qemu.major');
+        c.send({ execute: 'qmp_capabilities', id: 'c0' });
+        expect(JSON.parse(await c.next())).to.deep.equal({ return: {}, id: 'c0' });
+        c.send({ execute: 'query-status', id: 'c1' });
+        expect(JSON.parse(await c.next())).to.deep.equal({ return: { status: 'prelaunch', running: false }, id: 'c1' });
+        c.send({ execute: 'cont', id: 7 });
+        const got = [JSON.parse(await c.next()), JSON.parse(await c.next())];
+        expect(got).to.deep.include({ return: {}, id: 7 });
+        expect(got.find((x) => x.event)).to.have.property('event', 'RESUME');
+        c.send({ execute: 'no-such-command', id: 'c2' });
+        expect(JSON.parse(await c.next())).to.deep.include({ id: 'c2' }).and.have.nested.property('error.class', 'CommandNotFound');
+        c.close();
+      } finally {
+        await bridge.close();
+      }
+    });
+
+    it('refuses a client without the token, or with a wrong one', async () => {
+      const bridge = await startQmpBridge(m.qmp.conn, { token: 'sesame' });
+      try {
+        for (const url of [bridge.url, `${bridge.url}?token=open`]) {
+          const status = await new Promise<number>((resolve, reject) => {
+            const ws = new WebSocket(url);
+            ws.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+            ws.once('open', () => reject(new Error(`bridge accepted ${url}`)));
+            ws.once('error', () => {});
+          });
+          expect(status).to.equal(401);
+        }
+        const ok = await wsClient(bridge.url, { headers: { authorization: 'Bearer sesame' } });
+        expect(await ok.next()).to.include('"QMP"');
+        ok.close();
+      } finally {
+        await bridge.close();
+      }
+    });
+  });
+
+  it("QEMU's own websocket chardev: QMP greets but (through 11.1) never answers a command; HMP answers", async function () {
+    this.timeout(20_000);
+    const [qmpPort, hmpPort] = [await freeLoopbackPort(), await freeLoopbackPort()];
+    const m = await machines.launch({
+      arch: 'x86_64',
+      machine: { type: 'none' },
+      paused: true,
+      extraArgs: [
+        '-chardev', `socket,id=wsq,host=127.0.0.1,port=${qmpPort},server=on,wait=off,websocket=on`,
+        '-object', 'monitor-qmp,id=mq,chardev=wsq',
+        '-chardev', `socket,id=wsh,host=127.0.0.1,port=${hmpPort},server=on,wait=off,websocket=on`,
+        '-object', 'monitor-hmp,id=mh,chardev=wsh',
+      ],
+    });
+    const v = m.qmp.greeting.version.qemu;
+    const q = await wsClient(`ws://127.0.0.1:${qmpPort}/`, {}, 'binary');
+    expect(await q.next()).to.include('"QMP"');
+    q.sendBinary('{"execute": "qmp_capabilities", "id": 1}\n');
+    const reply = await q.next(2000).catch(() => undefined);
+    q.close();
+    if (v.major < 11 || (v.major === 11 && v.minor <= 1)) {
+      expect(reply, `QEMU ${v.major}.${v.minor}.${v.micro} answered over its websocket chardev; update facts §10`).to.equal(undefined);
+    }
+    const h = await wsClient(`ws://127.0.0.1:${hmpPort}/`, {}, 'binary');
+    let banner = '';
+    while (!banner.includes('(qemu)')) banner += await h.next();
+    h.sendBinary('info version\r\n');
+    let out = '';
+    while (!out.includes(`${v.major}.${v.minor}.${v.micro}`)) out += await h.next();
+    h.close();
+  });
+});
