@@ -46,6 +46,8 @@ export interface CompiledMatcher {
   regex: RegExp;
   fields: string[];
   kinds: ConvKind[];
+  /** One converter per capture (kinds resolved once, not per line). */
+  converters: ((s: string) => FieldValue)[];
 }
 
 export interface FormatFileError {
@@ -228,7 +230,8 @@ export function compileFormat(format: string, conversions: readonly Conversion[]
     if (!conv) throw new Error(`conversion ${spec} has no field`);
     // A width pads with spaces unless the 0 flag pads with zeros.
     const padded = width !== undefined && conv.kind !== 'str' && !(flags.includes('0') && !flags.includes('-'));
-    let cap = CAPTURE[conv.kind];
+    // The last string may take the rest greedily: same match, no lazy step per character.
+    let cap = conv.kind === 'str' && ci === conversions.length ? '(.*)' : CAPTURE[conv.kind];
     if (conv.kind === 'hex' && flags.includes('#')) cap = '(?:0[xX])?([0-9a-fA-F]+)';
     // Space padding from a width sits outside the capture so numbers stay clean.
     src += padded && !flags.includes('-') ? ' *' + cap : cap;
@@ -239,6 +242,7 @@ export function compileFormat(format: string, conversions: readonly Conversion[]
     regex: new RegExp(src, 's'),
     fields: conversions.map((c) => c.field),
     kinds: conversions.map((c) => c.kind),
+    converters: conversions.map((c) => CONVERTERS[c.kind]),
   };
 }
 
@@ -249,24 +253,34 @@ function bigOrNumber(b: bigint): number | bigint {
   return b <= MAX_SAFE && b >= MIN_SAFE ? Number(b) : b;
 }
 
+/** The regex guarantees hex digits; a loop beats parseInt on V8's sliced capture strings. */
+function hexNumber(s: string, from: number): FieldValue {
+  if (s.length - from > 13) return bigOrNumber(BigInt('0x' + s.slice(from)));
+  let v = 0;
+  for (let i = from; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    v = v * 16 + (c <= 57 ? c - 48 : (c | 32) - 87);
+  }
+  return v;
+}
+
+const decimal = (s: string): FieldValue => (s.length <= 15 ? Number(s) : bigOrNumber(BigInt(s.trim().replace(/^\+/, ''))));
+
+// Below 2^53 a number, above it a bigint: 13 hex digits, 15 decimal digits or 17 octal ones always fit.
+const CONVERTERS: Record<ConvKind, (s: string) => FieldValue> = {
+  int: decimal,
+  uint: decimal,
+  hex: (s) => hexNumber(s, 0),
+  ptr: (s) => (s === '(nil)' ? 0 : hexNumber(s, 2)),
+  oct: (s) => (s.length <= 17 ? parseInt(s, 8) : bigOrNumber(BigInt('0o' + s))),
+  float: Number,
+  str: (s) => s,
+  char: (s) => s,
+};
+
 /** Captured text → typed value: numbers, bigint beyond 2^53, strings kept. */
 export function convertValue(kind: ConvKind, s: string): FieldValue {
-  switch (kind) {
-    case 'int':
-    case 'uint':
-      return s.length <= 15 ? Number(s) : bigOrNumber(BigInt(s.trim().replace(/^\+/, '')));
-    case 'hex':
-      return s.length <= 13 ? parseInt(s, 16) : bigOrNumber(BigInt('0x' + s));
-    case 'ptr':
-      if (s === '(nil)') return 0;
-      return s.length <= 15 ? parseInt(s, 16) : bigOrNumber(BigInt(s));
-    case 'oct':
-      return s.length <= 17 ? parseInt(s, 8) : bigOrNumber(BigInt('0o' + s));
-    case 'float':
-      return Number(s);
-    default:
-      return s;
-  }
+  return CONVERTERS[kind](s);
 }
 
 /** All events of one trace-events file, with matchers compiled on first use. */

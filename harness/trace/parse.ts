@@ -8,7 +8,7 @@
  */
 import { createReadStream } from 'node:fs';
 import { StringDecoder } from 'node:string_decoder';
-import { convertValue, type FieldValue, type TraceFormats } from './formats.js';
+import type { CompiledMatcher, FieldValue, TraceFormats } from './formats.js';
 
 export type { FieldValue } from './formats.js';
 
@@ -56,6 +56,10 @@ function isoFromEpoch(sec: string, usec: string): string {
 
 /** Parses single lines against one build's formats. */
 export class TraceLineParser {
+  // Trace lines come in runs of one event: the previous lookup is usually the answer.
+  private lastName = '';
+  private lastMatcher: CompiledMatcher | undefined;
+
   constructor(readonly formats: TraceFormats) {}
 
   parseLine(raw: string, line: number): ParsedLine {
@@ -79,11 +83,16 @@ export class TraceLineParser {
     }
     const sp = raw.indexOf(' ', start);
     const name = sp < 0 ? raw.slice(start) : raw.slice(start, sp);
-    let matcher;
-    try {
-      matcher = this.formats.matcher(name);
-    } catch (e) {
-      return this.diag(raw, line, time, name, (e as Error).message);
+    let matcher: CompiledMatcher | undefined;
+    if (name === this.lastName) matcher = this.lastMatcher;
+    else {
+      try {
+        matcher = this.formats.matcher(name);
+      } catch (e) {
+        return this.diag(raw, line, time, name, (e as Error).message);
+      }
+      this.lastName = name;
+      this.lastMatcher = matcher;
     }
     if (matcher === undefined) {
       const rec: RawRecord = { kind: 'raw', line, raw, reason: 'foreign' };
@@ -102,8 +111,8 @@ export class TraceLineParser {
     }
     const fields: Record<string, FieldValue> = {};
     const names = matcher.fields;
-    const kinds = matcher.kinds;
-    for (let i = 0; i < names.length; i++) fields[names[i]!] = convertValue(kinds[i]!, m[i + 1]!);
+    const conv = matcher.converters;
+    for (let i = 0; i < names.length; i++) fields[names[i]!] = conv[i]!(m[i + 1]!);
     const rec: EventRecord = { kind: 'event', line, raw, event: name, fields };
     if (time !== undefined) rec.time = time;
     if (pid !== undefined) rec.pid = pid;

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { TraceFormats } from '../../harness/trace/formats.js';
+import { convertValue, TraceFormats } from '../../harness/trace/formats.js';
 import { parseTrace, parseTraceFile, TraceLineParser, TraceStreamParser, type EventRecord, type ParsedLine } from '../../harness/trace/parse.js';
 import { repoRoot } from '../../harness/util/paths.js';
 
@@ -127,5 +127,21 @@ describe('trace parse: streaming', function () {
   it('parseTraceFile streams a file to the same result', async function () {
     const r = await parseTraceFile(join(FIX, 'qmp-memory.log'), formats);
     expect(r).to.deep.equal(parseTrace(fixture('qmp-memory.log'), formats));
+  });
+});
+
+describe('trace parse: value conversion', function () {
+  it('converts at the 2^53 boundary, upper-case hex, pointers and signs', function () {
+    expect(convertValue('hex', '1fffffffffffff')).to.equal(Number.MAX_SAFE_INTEGER);
+    expect(convertValue('hex', '20000000000000')).to.equal(2n ** 53n);
+    expect(convertValue('hex', 'DEADBEEF')).to.equal(0xdeadbeef);
+    expect(convertValue('hex', '0000000000000000ff')).to.equal(255);
+    expect(convertValue('ptr', '(nil)')).to.equal(0);
+    expect(convertValue('ptr', '0x55557c65d340')).to.equal(0x55557c65d340);
+    expect(convertValue('int', '-9223372036854775808')).to.equal(-(2n ** 63n));
+    expect(convertValue('uint', '18446744073709551615')).to.equal(2n ** 64n - 1n);
+    expect(convertValue('int', ' -5')).to.equal(-5);
+    expect(convertValue('oct', '0755')).to.equal(0o755);
+    expect(convertValue('str', '0x10')).to.equal('0x10');
   });
 });
