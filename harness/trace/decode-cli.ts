@@ -32,14 +32,17 @@ export function recordJson(p: Exclude<ParsedLine, { kind: 'diagnostic' }>): stri
   );
 }
 
-function text(p: Exclude<ParsedLine, { kind: 'diagnostic' }>): string {
+/** For people: hex where the format printed hex, names after flag and enum values. */
+function text(p: Exclude<ParsedLine, { kind: 'diagnostic' }>, formats: TraceFormats): string {
   const t = p.time ? `${p.time} ` : '';
   if (p.kind === 'raw') return `${p.line}: ${t}[${p.reason}] ${p.raw}`;
-  const show = (v: FieldValue): string => (typeof v === 'string' ? JSON.stringify(v) : String(v));
+  const kinds = formats.matcher(p.event)?.kinds ?? [];
+  const show = (v: FieldValue, i: number): string =>
+    typeof v === 'string' ? JSON.stringify(v) : kinds[i] === 'hex' || kinds[i] === 'ptr' ? `0x${v.toString(16)}` : String(v);
   const decoded = decodedFields(p.event, p.fields);
-  const fields = Object.entries(p.fields).map(([k, v]) => {
+  const fields = Object.entries(p.fields).map(([k, v], i) => {
     const d = decoded[k];
-    return d === undefined ? `${k}=${show(v)}` : `${k}=${show(v)}(${Array.isArray(d) ? d.join('|') || 'none' : d})`;
+    return d === undefined ? `${k}=${show(v, i)}` : `${k}=${show(v, i)}(${Array.isArray(d) ? d.join('|') || 'none' : d})`;
   });
   return `${p.line}: ${t}${p.event} ${fields.join(' ')}`;
 }
@@ -103,7 +106,7 @@ export async function traceDecode(argv: string[], io: DecodeIo = process): Promi
         stderr.write(`${file}:${p.line}: ${p.message}\n  ${p.raw}\n`);
         return;
       }
-      out.push(json ? recordJson(p) : text(p));
+      out.push(json ? recordJson(p) : text(p, formats));
       if (out.length >= 4096) pending = pending.then(flush);
     });
   } catch (e) {

@@ -276,7 +276,12 @@ export class IommufdModel {
     const h = HANDLERS[r.event];
     if (!h) return;
     this.used.push(r);
-    h(this, r);
+    try {
+      h(this, r);
+    } catch (e) {
+      // Another build's format may name a field differently: say which, keep going.
+      this.anomalies.push((e as Error).message);
+    }
   }
 
   /** A record from another source, e.g. a kprobe. */

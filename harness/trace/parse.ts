@@ -4,7 +4,8 @@
  * tracetool's `pid@sec.usec:`). Anything else in the same file (QEMU's own
  * warnings when stderr and the trace share it) becomes a raw record; a known
  * event whose text does not fit its format is a diagnostic, kept out of the
- * model but never dropped.
+ * model but never dropped. A `%s` argument holding a newline splits its event
+ * over two lines: the first may be a diagnostic, the rest comes back raw.
  */
 import { createReadStream } from 'node:fs';
 import { StringDecoder } from 'node:string_decoder';

@@ -46,7 +46,7 @@ describe('trace decode CLI', function () {
     const r = await run([file, '--formats', FORMATS]);
     expect(r.code).to.equal(1);
     expect(r.err).to.include(`${file}:3: line 3: does not match the format of iommufd_backend_alloc_hwpt`);
-    expect(r.out).to.include('2: iommufd_backend_alloc_hwpt iommufd=12 dev_id=1 pt_id=2 flags=0(none)');
+    expect(r.out).to.include('2: iommufd_backend_alloc_hwpt iommufd=12 dev_id=1 pt_id=2 flags=0x0(none)');
     expect(r.out).to.include('5: [unknown-event] iommufd_backend_get_device_info');
   });
 

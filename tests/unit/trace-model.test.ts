@@ -102,6 +102,13 @@ describe('trace model: iommufd objects from trace records', function () {
     expect(bad.unmatchedFrees.map((r) => r.line)).to.deep.equal([3]);
   });
 
+  it('names a missing field as an anomaly instead of throwing', function () {
+    const f = TraceFormats.fromText('iommufd_backend_free_id(int iommufd, uint32_t ident, int ret) " iommufd=%d ident=%d (%d)"\n');
+    const m = IommufdModel.fromParse(parseTrace('iommufd_backend_free_id  iommufd=1 ident=2 (0)\n', f));
+    expect(m.anomalies).to.have.length(1);
+    expect(m.anomalies[0]).to.match(/line 1: iommufd_backend_free_id has none of the fields id \(has iommufd, ident, ret\)/);
+  });
+
   it('joins kernel answers to requests by dev_id, pt_id, flags and order', function () {
     const m = model('facts-two-devices-reuse.log');
     const k = (line: number, fields: KernelRecord['fields']): KernelRecord => ({ kind: 'kernel', event: 'hwpt_alloc', fields, line, raw: `kp ${line}`, source: 'test' });
