@@ -15,6 +15,7 @@ import { promisify } from 'node:util';
 import { defaultTraceEventsPath, TraceFormats } from '../harness/trace/formats.js';
 import { parseTraceFile } from '../harness/trace/parse.js';
 import { repoRoot } from '../harness/util/paths.js';
+import { formatResult, type BenchResult } from './stats.js';
 
 const run = promisify(execFile);
 const TARGET = 1_000_000;
@@ -29,7 +30,8 @@ export interface PeerResult {
   skipped?: string;
 }
 
-export interface BenchResult {
+/** The full measurement; `benchTraceDecode` reports it in bench/stats.ts's shape. */
+export interface TraceDecodeMeasurement {
   name: string;
   lines: number;
   bytes: number;
@@ -95,7 +97,7 @@ async function grepCount(file: string, lines: number): Promise<PeerResult> {
   }
 }
 
-export async function benchTraceDecode(lines = 2_000_000): Promise<BenchResult> {
+export async function measureTraceDecode(lines = 2_000_000): Promise<TraceDecodeMeasurement> {
   const formatsPath = existsSync(defaultTraceEventsPath()) ? defaultTraceEventsPath() : join(FIX, 'trace-events-11.1.3-excerpt');
   const formats = await TraceFormats.load(formatsPath);
   const dir = mkdtempSync(join(tmpdir(), 'bench-trace-'));
@@ -124,22 +126,24 @@ export async function benchTraceDecode(lines = 2_000_000): Promise<BenchResult> 
   }
 }
 
-export function formatBench(r: BenchResult): string {
-  const m = (x: number): string => `${(x / 1e6).toFixed(2)}M lines/s`;
-  const out = [
-    `${r.name}: ${r.lines} lines (${(r.bytes / 1e6).toFixed(0)} MB) in ${r.seconds.toFixed(2)} s = ${m(r.linesPerSec)} ` +
-      `(target ${m(r.target)}: ${r.meetsTarget ? 'met' : 'NOT met'}); ${r.records} records, ${r.diagnostics} diagnostics`,
-  ];
+export async function benchTraceDecode(lines = 2_000_000): Promise<BenchResult> {
+  const r = await measureTraceDecode(lines);
+  const rows: BenchResult['rows'] = [];
+  const py = r.peers[0]!;
+  const ours: BenchResult['rows'][number] = { what: r.name, value: r.linesPerSec / 1e6, unit: 'M lines/s' };
+  if (r.ratio !== null) ours.ratio = { against: py.name, value: r.ratio, target: '≥1M lines/s absolute', met: r.meetsTarget };
+  rows.push(ours);
+  const notes = [`${r.lines} lines (${(r.bytes / 1e6).toFixed(0)} MB) from real captures; ${r.records} records, ${r.diagnostics} diagnostics`];
   for (const p of r.peers) {
-    out.push(p.skipped ? `  peer ${p.name}: skipped (${p.skipped})` : `  peer ${p.name}: ${m(p.linesPerSec)} → ours ×${(r.linesPerSec / p.linesPerSec).toFixed(2)}`);
+    if (p.skipped) notes.push(`peer ${p.name} skipped: ${p.skipped}`);
+    else rows.push({ what: `peer: ${p.name}`, value: p.linesPerSec / 1e6, unit: 'M lines/s' });
   }
-  out.push(`  ratio vs python3 peer: ${r.ratio === null ? 'n/a' : `×${r.ratio.toFixed(2)}`}`);
-  return out.join('\n');
+  if (r.ratio === null) notes.push(`target ≥1M lines/s ${r.meetsTarget ? 'met' : 'NOT met'} (no python3 peer for a ratio)`);
+  return { name: 'trace decode (same file, same run)', rows, notes };
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const n = process.argv[2] ? Number(process.argv[2]) : undefined;
   const r = await benchTraceDecode(n);
-  console.log(formatBench(r));
-  process.exitCode = r.diagnostics === 0 ? 0 : 1;
+  console.log(formatResult(r));
 }
