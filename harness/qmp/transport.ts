@@ -33,9 +33,22 @@ class SocketTransport implements Transport {
       for (const cb of this.closeCbs.splice(0)) cb(this.lastError);
     });
   }
+  /**
+   * Writes are coalesced per microtask: a burst of commands issued in one tick
+   * (Promise.all over many executes) leaves in one write, so QEMU reads them in
+   * one go; a lone command still leaves before the event loop next waits.
+   */
   send(data: string): void {
-    if (!this.closed) this.socket.write(data);
+    if (this.closed) return;
+    this.outbox.push(data);
+    if (this.outbox.length === 1) queueMicrotask(this.flush);
   }
+  private outbox: string[] = [];
+  private readonly flush = (): void => {
+    const data = this.outbox.length === 1 ? this.outbox[0]! : this.outbox.join('');
+    this.outbox = [];
+    if (!this.closed) this.socket.write(data);
+  };
   onData(cb: (chunk: Buffer) => void): void {
     this.socket.on('data', cb);
   }

@@ -36,7 +36,7 @@ sid_apt_init() {
   echo "deb $DEBIAN_MIRROR sid main" > "$sid_apt_root/sources.list"
   # The lists are refreshed at most once an hour: installs stay fast and
   # repeatable within a run, yet follow sid when asked again later.
-  if [ -z "$(find "$sid_apt_root/lists" -name '*_Packages' -mmin -60 2>/dev/null | head -n1)" ]; then
+  if [ -z "$(find "$sid_apt_root/lists" -name '*_Packages*' -mmin -60 2>/dev/null | head -n1)" ]; then
     log "refreshing Debian sid package lists"
     # shellcheck disable=SC2046
     apt-get $(sid_apt_opts) -q update >"$sid_apt_root/update.log" 2>&1 \
@@ -73,3 +73,18 @@ sid_unpack() {
 
 # Pick the Debian architecture name's library directory inside a sysroot.
 multiarch() { dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo "$(uname -m)-linux-gnu"; }
+
+# Downloads just PACKAGE (no dependencies) from sid and unpacks it into ROOT:
+# for pure-data or pure-Python packages whose dependencies the machine has.
+sid_unpack_one() {
+  root=$1 pkg=$2
+  sid_apt_init
+  work="$sid_apt_root/one.$$"
+  mkdir -p "$work" "$root"
+  (cd "$work" && sid_apt_get -q download "$pkg" >"$sid_apt_root/download.log" 2>&1) \
+    || { tail -n 20 "$sid_apt_root/download.log" >&2; rm -rf "$work"; die "apt-get could not download $pkg from sid"; }
+  deb=$(ls "$work"/*.deb)
+  dpkg -x "$deb" "$root"
+  echo "$pkg $(dpkg-deb -f "$deb" Version)" >> "$root/.packages"
+  rm -rf "$work"
+}
