@@ -40,14 +40,25 @@ mkdir -p "$kroot"
 if [ "$update" = yes ] || [ -z "$(find "$sid_apt_root/lists" -name '*_Packages*' 2>/dev/null | head -n1)" ]; then
   sid_apt_init
 fi
-pkg=$(sid_apt_cache search --names-only '^linux-source-[0-9][0-9.]*$' 2>/dev/null \
-  | awk '{print $1}' | sort -V | tail -n1)
-[ -n "$pkg" ] || die "no linux-source-X.Y package in Debian sid's lists ($DEBIAN_MIRROR); try --update"
-version=$(sid_apt_cache show "$pkg" 2>/dev/null | sed -n 's/^Version: //p' | sort -V | tail -n1)
-[ -n "$version" ] || die "apt knows $pkg but no version of it"
+# Asking apt takes about a second; the answer only changes with the lists,
+# so it is remembered against their size and time.
+lists_stamp=$(find "$sid_apt_root/lists" -maxdepth 1 -name '*_Packages*' -printf '%f %s %T@\n' 2>/dev/null | LC_ALL=C sort | sha256sum | cut -c1-16)
+pkg= version=
+if [ -f "$kroot/source.cache" ]; then
+  read -r cached_stamp pkg version < "$kroot/source.cache" || true
+  [ "${cached_stamp:-}" = "$lists_stamp" ] || pkg= version=
+fi
+if [ -z "$pkg" ] || [ -z "$version" ]; then
+  pkg=$(sid_apt_cache search --names-only '^linux-source-[0-9][0-9.]*$' 2>/dev/null \
+    | awk '{print $1}' | sort -V | tail -n1)
+  [ -n "$pkg" ] || die "no linux-source-X.Y package in Debian sid's lists ($DEBIAN_MIRROR); try --update"
+  version=$(sid_apt_cache show "$pkg" 2>/dev/null | sed -n 's/^Version: //p' | sort -V | tail -n1)
+  [ -n "$version" ] || die "apt knows $pkg but no version of it"
+  echo "$lists_stamp $pkg $version" > "$kroot/source.cache"
+fi
 
 fragment_sha=$(sha256sum < "$fragment" | cut -c1-64)
-script_sha=$(sha256sum < "$0" | cut -c1-64)
+script_sha=$(sha256sum < "$here/${0##*/}" | cut -c1-64)
 key=$(printf '%s\n%s\n%s\n%s\n' "$arch" "$pkg=$version" "$fragment_sha" "$script_sha" | sha256sum | cut -c1-16)
 out="$kroot/$key"
 
@@ -55,6 +66,18 @@ if [ -f "$out/bzImage" ] && [ -f "$out/manifest.json" ]; then
   cp "$out/manifest.json" "$kroot/$arch.json.tmp" && mv "$kroot/$arch.json.tmp" "$kroot/$arch.json"
   [ "$print" = yes ] && echo "$out/bzImage"
   exit 0
+fi
+
+# One build at a time: the source and object trees are shared between keys.
+exec 9>"$kroot/.lock"
+if ! flock -n 9; then
+  log "another kernel build holds $kroot/.lock; waiting for it (at most an hour)"
+  flock -w 3600 9 || die "timed out waiting for $kroot/.lock"
+  if [ -f "$out/bzImage" ] && [ -f "$out/manifest.json" ]; then
+    cp "$out/manifest.json" "$kroot/$arch.json.tmp" && mv "$kroot/$arch.json.tmp" "$kroot/$arch.json"
+    [ "$print" = yes ] && echo "$out/bzImage"
+    exit 0
+  fi
 fi
 
 log "building $arch kernel from $pkg $version (key $key)"

@@ -131,6 +131,57 @@ export async function bootGuest(
   const machine = await launch(guestDescription(opts));
   const launchMs = Date.now() - t0;
   const { console, agent } = attachGuest(machine);
-  const ready = await agent.ready(boot.readyTimeoutMs ?? 60_000);
-  return { machine, console, agent, launchMs, agentReadyMs: Date.now() - t0, guestUptimeS: ready.uptimeS };
+  const stopped = guestStopped(machine, console);
+  try {
+    const ready = await Promise.race([agent.ready(boot.readyTimeoutMs ?? 60_000), stopped.promise]);
+    return { machine, console, agent, launchMs, agentReadyMs: Date.now() - t0, guestUptimeS: ready.uptimeS };
+  } finally {
+    stopped.cancel();
+  }
+}
+
+/** The guest can no longer run: it panicked, or the accelerator gave up (KVM internal error). */
+export class GuestStoppedError extends Error {
+  override name = 'GuestStoppedError';
+}
+
+/**
+ * Rejects when the VM stops for good while booting: a KVM internal error or a
+ * guest panic leaves QEMU running but the vCPUs stopped, so without this a
+ * boot would only fail at its deadline. (A panic with -no-reboot ends QEMU,
+ * which the agent sees as a closed port.)
+ */
+function guestStopped(machine: Machine, console: Console): { promise: Promise<never>; cancel(): void } {
+  const events = machine.qmp.listen({ names: ['STOP', 'GUEST_PANICKED'] });
+  let cancelled = false;
+  const promise = (async (): Promise<never> => {
+    for (;;) {
+      const e = await events.next(24 * 3600 * 1000);
+      if (cancelled) break;
+      const status = e.event === 'GUEST_PANICKED' ? 'guest-panicked' : (await machine.qmp.queryStatus()).status;
+      if (['internal-error', 'guest-panicked', 'shutdown', 'io-error'].includes(status)) {
+        const tail = console
+          .tail(20)
+          .split('\n')
+          .map((l) => `    | ${l}`)
+          .join('\n');
+        throw new GuestStoppedError(
+          `the guest stopped while booting (VM status ${status}, event ${e.event})\n  QEMU stderr:\n${machine
+            .stderrTail(12)
+            .split('\n')
+            .map((l) => `    ${l}`)
+            .join('\n')}\n  console tail:\n${tail}\n  artifacts: ${machine.artifactsDir}`,
+        );
+      }
+    }
+    return new Promise<never>(() => {});
+  })();
+  promise.catch(() => {});
+  return {
+    promise,
+    cancel: () => {
+      cancelled = true;
+      events.close();
+    },
+  };
 }
