@@ -201,8 +201,8 @@ const on = (v: boolean | string | number | undefined): boolean => v === true || 
  * scalable mode without fsts gives second-stage translation (and supervisor
  * requests); fsts gives first-stage instead (and FS1GP when fs1gp, default
  * on); pasid-bits N gives PASID with PSS = N-1; EIM stays off under TCG
- * (eim=auto turns on only with KVM's split irqchip). Nothing QEMU offers
- * today sets NEST or SLADS.
+ * (eim=auto turns on only with KVM's split irqchip); svm gives page
+ * requests. Nothing QEMU offers today sets NEST or SLADS.
  */
 export function expectedVtd(props: IntelIommuProps): Partial<Omit<VtdSummary, 'cap' | 'ecap'>> {
   const scalable = on(props['scalable-mode']);
@@ -224,5 +224,6 @@ export function expectedVtd(props: IntelIommuProps): Partial<Omit<VtdSummary, 'c
     extendedInterruptMode: false,
     snoopControl: on(props['snoop-control']),
     firstStage1G: fsts && (props.fs1gp === undefined || on(props.fs1gp)),
+    pageRequest: on(props.svm),
   };
 }
