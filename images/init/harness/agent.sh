@@ -35,6 +35,7 @@ agent_find_port() {
         return 0
       fi
     done
+    [ "$tries" -eq 0 ] && say "waiting for agent port '$1'"
     tries=$((tries + 1))
     "$BB" sleep 0.05
   done
