@@ -21,7 +21,7 @@ function suitePath(t: Mocha.Runnable): string {
 /**
  * Mocha's spec output, plus: skips counted apart and grouped by reason, the
  * artifacts folder of every failed test, JUnit XML (HARNESS_JUNIT, or
- * artifacts/junit.xml), and the plain closing line "N passed, N failed, N skipped".
+ * artifacts/junit.xml; HARNESS_RESULTS_JSON for JSON), and the plain closing line "N passed, N failed, N skipped".
  */
 export default class HarnessReporter extends Mocha.reporters.Spec {
   readonly results: TestResult[] = [];
@@ -45,6 +45,9 @@ export default class HarnessReporter extends Mocha.reporters.Spec {
       const path = process.env.HARNESS_JUNIT ?? join(artifactsRoot(), 'junit.xml');
       mkdirSync(dirname(path), { recursive: true });
       writeFileSync(path, junitXml(this.results));
+      // Machine-readable results, for a run inside the virtual lab's L1 whose
+      // results the L0 run merges into its own report.
+      if (process.env.HARNESS_RESULTS_JSON) writeFileSync(process.env.HARNESS_RESULTS_JSON, JSON.stringify(this.results, null, 1));
       // After mocha's own epilogue (printed on the same event, just before us).
       setImmediate(() => console.log(`\n${summaryText(this.results)}\nJUnit: ${path}`));
     });

@@ -63,6 +63,23 @@ export class MachineFixture {
   }
 }
 
+/**
+ * One set of machines for a whole describe block (e.g. the virtual lab's L1,
+ * which takes seconds to boot): launched in before(), shut down in after(),
+ * artifacts in the suite's own folder.
+ */
+export function useSuiteMachines(): MachineFixture {
+  const f = new MachineFixture();
+  before(function () {
+    f.begin(this.test!.parent! as unknown as Mocha.Runnable);
+  });
+  after(async function () {
+    this.timeout(60_000);
+    await f.end();
+  });
+  return f;
+}
+
 export function useMachines(): MachineFixture {
   const f = new MachineFixture();
   beforeEach(function () {
