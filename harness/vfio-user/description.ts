@@ -1,0 +1,186 @@
+/**
+ * What a synthetic PCIe endpoint looks like, as plain data. The device model
+ * builds config space from it; `validateDeviceDescription` checks data that
+ * came from outside (a JSON file, a test) and names the field that is wrong.
+ */
+
+export interface BarDescription {
+  /** BAR number 0-5; a 64-bit BAR also takes the next number. */
+  index: number;
+  /** Bytes, a power of two, at least 16 (PCI's smallest memory BAR). */
+  size: number;
+  /** 64-bit memory BAR (default false). */
+  is64?: boolean;
+  prefetchable?: boolean;
+}
+
+export interface PasidDescription {
+  /** Max PASID Width, 1-20 bits (PCIe caps it at 20). */
+  widthBits: number;
+  /** Execute Permission Supported. */
+  exec: boolean;
+  /** Privileged Mode Supported. */
+  priv: boolean;
+}
+
+export interface AtsDescription {
+  /** Invalidate Queue Depth, 0-31 (0 means 32). */
+  invalidateQueueDepth: number;
+  pageAlignedRequest: boolean;
+  globalInvalidate: boolean;
+}
+
+export interface PriDescription {
+  /** Outstanding Page Request Capacity. */
+  outstandingPageRequests: number;
+  /** PRG Response PASID Required. */
+  prgResponsePasidRequired: boolean;
+}
+
+export interface DeviceDescription {
+  /** Short name, used in logs and socket names. */
+  name: string;
+  vendorId: number;
+  deviceId: number;
+  subsystemVendorId: number;
+  subsystemId: number;
+  revision: number;
+  /** 24-bit class code: base class, subclass, programming interface (e.g. 0xff0000). */
+  classCode: number;
+  bars: BarDescription[];
+  /** Power Management capability. */
+  pm: boolean;
+  /** MSI capability (one vector, 64-bit); the server never raises it. */
+  msi: boolean;
+  pcie: {
+    /** DevCap2 bit 20: Extended Fmt Field Supported. */
+    extendedFmtField: boolean;
+    /** DevCap2 bit 21: End-End TLP Prefix Supported. */
+    endEndTlpPrefix: boolean;
+  };
+  pasid?: PasidDescription;
+  ats?: AtsDescription;
+  pri?: PriDescription;
+}
+
+export class DeviceDescriptionError extends Error {
+  override name = 'DeviceDescriptionError';
+  constructor(
+    readonly field: string,
+    detail: string,
+    deviceName?: string,
+  ) {
+    super(`device description${deviceName ? ` "${deviceName}"` : ''}: ${field} ${detail}`);
+  }
+}
+
+type Obj = Record<string, unknown>;
+
+/**
+ * Checks `value` field by field and returns it typed. Unknown fields are
+ * errors too: a misspelt "pasdi" must not silently give a device without PASID.
+ */
+export function validateDeviceDescription(value: unknown): DeviceDescription {
+  const d = object(value, '(root)');
+  const name = typeof d.name === 'string' ? d.name : undefined;
+  const fail = (field: string, detail: string): never => {
+    throw new DeviceDescriptionError(field, detail, name);
+  };
+  const int = (o: Obj, key: string, path: string, min: number, max: number): number => {
+    const v = o[key];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+      fail(path, `must be an integer in ${hex(min)}..${hex(max)}, got ${show(v)}`);
+    }
+    return v as number;
+  };
+  const bool = (o: Obj, key: string, path: string): boolean => {
+    const v = o[key];
+    if (typeof v !== 'boolean') fail(path, `must be true or false, got ${show(v)}`);
+    return v as boolean;
+  };
+  const only = (o: Obj, path: string, keys: string[]): void => {
+    for (const k of Object.keys(o)) if (!keys.includes(k)) fail(path ? `${path}.${k}` : k, `is not a known field (known: ${keys.join(', ')})`);
+  };
+  function object(v: unknown, path: string): Obj {
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) fail(path, `must be an object, got ${show(v)}`);
+    return v as Obj;
+  }
+
+  only(d, '', ['name', 'vendorId', 'deviceId', 'subsystemVendorId', 'subsystemId', 'revision', 'classCode', 'bars', 'pm', 'msi', 'pcie', 'pasid', 'ats', 'pri']);
+  if (typeof d.name !== 'string' || !/^[a-z0-9][a-z0-9-]*$/.test(d.name)) fail('name', `must be lower-case letters, digits and dashes, got ${show(d.name)}`);
+  const out: DeviceDescription = {
+    name: d.name as string,
+    vendorId: int(d, 'vendorId', 'vendorId', 0, 0xfffe),
+    deviceId: int(d, 'deviceId', 'deviceId', 0, 0xffff),
+    subsystemVendorId: int(d, 'subsystemVendorId', 'subsystemVendorId', 0, 0xffff),
+    subsystemId: int(d, 'subsystemId', 'subsystemId', 0, 0xffff),
+    revision: int(d, 'revision', 'revision', 0, 0xff),
+    classCode: int(d, 'classCode', 'classCode', 0, 0xffffff),
+    bars: [],
+    pm: bool(d, 'pm', 'pm'),
+    msi: bool(d, 'msi', 'msi'),
+    pcie: { extendedFmtField: false, endEndTlpPrefix: false },
+  };
+  if ((out.classCode >> 16) === 0x06) fail('classCode', `${hex(out.classCode)} is a bridge class; this model is a type-0 endpoint`);
+
+  if (!Array.isArray(d.bars)) fail('bars', `must be an array, got ${show(d.bars)}`);
+  const used = new Set<number>();
+  (d.bars as unknown[]).forEach((b, i) => {
+    const p = `bars[${i}]`;
+    const o = object(b, p);
+    only(o, p, ['index', 'size', 'is64', 'prefetchable']);
+    const is64 = o.is64 === undefined ? false : bool(o, 'is64', `${p}.is64`);
+    const index = int(o, 'index', `${p}.index`, 0, is64 ? 4 : 5);
+    const size = int(o, 'size', `${p}.size`, 16, is64 ? 2 ** 40 : 2 ** 31);
+    if (!Number.isInteger(Math.log2(size))) fail(`${p}.size`, `must be a power of two, got ${size}`);
+    for (const n of is64 ? [index, index + 1] : [index]) {
+      if (used.has(n)) fail(`${p}.index`, `BAR ${n} is already taken by another BAR`);
+      used.add(n);
+    }
+    const prefetchable = o.prefetchable === undefined ? false : bool(o, 'prefetchable', `${p}.prefetchable`);
+    out.bars.push({ index, size, is64, prefetchable });
+  });
+
+  const pcie = object(d.pcie, 'pcie');
+  only(pcie, 'pcie', ['extendedFmtField', 'endEndTlpPrefix']);
+  out.pcie = { extendedFmtField: bool(pcie, 'extendedFmtField', 'pcie.extendedFmtField'), endEndTlpPrefix: bool(pcie, 'endEndTlpPrefix', 'pcie.endEndTlpPrefix') };
+  if (out.pcie.endEndTlpPrefix && !out.pcie.extendedFmtField) {
+    fail('pcie.endEndTlpPrefix', 'needs pcie.extendedFmtField (PCIe: a function supporting End-End TLP Prefixes must support the extended Fmt field)');
+  }
+
+  if (d.pasid !== undefined) {
+    const o = object(d.pasid, 'pasid');
+    only(o, 'pasid', ['widthBits', 'exec', 'priv']);
+    out.pasid = { widthBits: int(o, 'widthBits', 'pasid.widthBits', 1, 20), exec: bool(o, 'exec', 'pasid.exec'), priv: bool(o, 'priv', 'pasid.priv') };
+  }
+  if (d.ats !== undefined) {
+    const o = object(d.ats, 'ats');
+    only(o, 'ats', ['invalidateQueueDepth', 'pageAlignedRequest', 'globalInvalidate']);
+    out.ats = {
+      invalidateQueueDepth: int(o, 'invalidateQueueDepth', 'ats.invalidateQueueDepth', 0, 31),
+      pageAlignedRequest: bool(o, 'pageAlignedRequest', 'ats.pageAlignedRequest'),
+      globalInvalidate: bool(o, 'globalInvalidate', 'ats.globalInvalidate'),
+    };
+  }
+  if (d.pri !== undefined) {
+    const o = object(d.pri, 'pri');
+    only(o, 'pri', ['outstandingPageRequests', 'prgResponsePasidRequired']);
+    out.pri = {
+      outstandingPageRequests: int(o, 'outstandingPageRequests', 'pri.outstandingPageRequests', 1, 0xffffffff),
+      prgResponsePasidRequired: bool(o, 'prgResponsePasidRequired', 'pri.prgResponsePasidRequired'),
+    };
+    if (!out.ats) fail('pri', 'needs ats (PCIe: Page Requests are only issued by ATS-capable functions)');
+    if (out.pri.prgResponsePasidRequired && !out.pasid) fail('pri.prgResponsePasidRequired', 'needs pasid');
+  }
+  return out;
+}
+
+function hex(n: number): string {
+  return n < 256 ? String(n) : `0x${n.toString(16)}`;
+}
+
+function show(v: unknown): string {
+  if (v === undefined) return 'nothing';
+  if (typeof v === 'number' && Number.isInteger(v) && v > 255) return `${v} (0x${v.toString(16)})`;
+  return JSON.stringify(v) ?? String(v);
+}

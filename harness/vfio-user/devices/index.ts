@@ -1,0 +1,33 @@
+import { readFileSync } from 'node:fs';
+import { validateDeviceDescription, type DeviceDescription } from '../description.js';
+import { pasidEndpoint } from './pasid-endpoint.js';
+import { pasidNoTlpPrefix } from './pasid-no-tlp-prefix.js';
+import { plainEndpoint } from './plain-endpoint.js';
+
+/** The built-in descriptions, by name. */
+export const deviceDescriptions: Readonly<Record<string, DeviceDescription>> = Object.freeze({
+  [pasidEndpoint.name]: pasidEndpoint,
+  [plainEndpoint.name]: plainEndpoint,
+  [pasidNoTlpPrefix.name]: pasidNoTlpPrefix,
+});
+
+/**
+ * A built-in description by name, or a JSON file by path (anything with a
+ * slash or ending in .json), validated either way.
+ */
+export function loadDeviceDescription(nameOrPath: string): DeviceDescription {
+  if (nameOrPath.includes('/') || nameOrPath.endsWith('.json')) {
+    let data: unknown;
+    try {
+      data = JSON.parse(readFileSync(nameOrPath, 'utf8'));
+    } catch (e) {
+      throw new Error(`device description file ${nameOrPath}: ${(e as Error).message}`);
+    }
+    return validateDeviceDescription(data);
+  }
+  const d = deviceDescriptions[nameOrPath];
+  if (!d) throw new Error(`no built-in device description "${nameOrPath}" (known: ${Object.keys(deviceDescriptions).join(', ')})`);
+  return validateDeviceDescription(d);
+}
+
+export { pasidEndpoint, pasidNoTlpPrefix, plainEndpoint };
