@@ -139,6 +139,8 @@ export class VirtualLab {
       HARNESS_RESULTS_JSON: `${L1_RESULTS_MOUNT}/results.json`,
       HARNESS_HOST_PROFILE: join(repoRoot, 'qemu-configs', 'hosts', 'virtual-lab.yaml'),
       HARNESS_VIRTUAL_LAB: '1',
+      // L1's root (and so the cache) is read-only; its /run is tmpfs.
+      HARNESS_VFIO_JOURNAL: '/run/harness-vfio-journal.jsonl',
       // The guest image is L0's; L1 never boots guests of its own.
       HARNESS_SKIP_IMAGES: '1',
       ...(process.env.QEMU_X86_64 ? { QEMU_X86_64: process.env.QEMU_X86_64 } : {}),

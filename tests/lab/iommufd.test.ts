@@ -1,0 +1,102 @@
+import * as chai from 'chai';
+import { expect } from 'chai';
+import { LabHost } from '../../harness/lab/lab-host.js';
+import { fdCount, formatsFor, iommufdModel, iommufdModelOf, l2Description, spareRootPort, vfioPciDevice, type L2Spec } from '../../harness/lab/l2.js';
+import { findQemu } from '../../harness/qemu/binary.js';
+import { LaunchError, type Machine } from '../../harness/qemu/machine.js';
+import { QmpCommandError } from '../../harness/qmp/errors.js';
+import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
+import { useMachines } from '../../harness/testing/fixtures.js';
+import { loadConfig } from '../../harness/viommu/configs.js';
+import { probeArch } from '../../harness/viommu/probe.js';
+import { join } from 'node:path';
+
+chai.use(iommufdAssertions);
+
+/**
+ * What QEMU asks of iommufd for one vfio-pci device, read from QEMU's own
+ * trace and the kernel's answer from kprobes, on a host with a real IOMMU
+ * (the virtual lab's L1, or a lab machine).
+ */
+describe('iommufd: HWPTs for vfio-pci devices', function () {
+  this.timeout(300_000);
+  let host: LabHost;
+  before(async function () {
+    host = await LabHost.open(this);
+  });
+  after(() => host?.close());
+  const machines = useMachines();
+
+  const kernel = () => host.kprobes?.collect() ?? [];
+  beforeEach(() => host?.kprobes?.clear());
+
+  async function launchL2(spec: L2Spec): Promise<Machine> {
+    return machines.launch(l2Description(spec, await probeArch(spec.config.arch)), { name: 'l2' });
+  }
+
+  /** A launch that must fail: the error, and the model of the trace it left. */
+  async function failedLaunch(spec: L2Spec) {
+    const err = await launchL2(spec).then(
+      (m) => m,
+      (e: unknown) => e,
+    );
+    expect(err, 'L2 launch should have failed').to.be.instanceOf(LaunchError);
+    const e = err as LaunchError;
+    const model = await iommufdModelOf(join(e.artifactsDir, 'trace.log'), await formatsFor(findQemu('x86_64').traceEventsAll), kernel());
+    return { error: e, model };
+  }
+
+  it('no vIOMMU: allocates an HWPT with flags 0x0 on the IOAS, attaches pasid 0, the kernel accepts', async function () {
+    const dev = host.device(this, 'no-pasid');
+    const m = await launchL2({ config: loadConfig('no-viommu-q35'), devices: [{ bdf: dev.bdf, id: 'hostdev0' }] });
+    const model = await iommufdModel(m, kernel());
+    expect(model).to.have.allocatedHwpt({ flags: [], ptKind: 'ioas' });
+    expect(model).to.have.attached({ pasid: 0, name: dev.bdf, targetKind: 'hwpt' });
+    if (host.kprobes) expect(model.hwptAllocs[0]!.kernel?.fields.ret, 'kernel answer').to.equal(0);
+  });
+
+  it('intel-iommu fsts=on: QEMU requests NEST_PARENT, the kernel refuses with EOPNOTSUPP, the launch fails typed, the IOAS is freed', async function () {
+    const dev = host.device(this, 'no-pasid');
+    const { error, model } = await failedLaunch({ config: loadConfig('intel-iommu-scalable-fsts'), devices: [{ bdf: dev.bdf, id: 'hostdev0' }] });
+    expect(error.stderr).to.include(`vfio ${dev.bdf}: Failed to allocate hwpt: Operation not supported`);
+    expect(model).to.have.requestedHwpt({ flags: ['NEST_PARENT'], ptKind: 'ioas' });
+    expect(model.hwptAllocs.every((h) => h.ret < 0), 'QEMU saw the allocation fail').to.equal(true);
+    if (host.kprobes) {
+      const answer = model.hwptAllocs[0]!.kernel;
+      expect(answer, `no kernel answer joined; kprobe records: ${JSON.stringify(kernel())}`).to.not.equal(undefined);
+      expect(answer!.fields).to.include({ ret: -95, vendor_ret: -95 });
+    }
+    expect(model).to.have.freedEverything();
+  });
+
+  it('hot-plug: device_add allocates and attaches, device_del detaches and frees the HWPT and the IOAS; 50 cycles leak no id and no fd', async function () {
+    const dev = host.device(this, 'no-pasid');
+    const spec: L2Spec = { config: loadConfig('no-viommu-q35'), spareRootPorts: 1 };
+    const m = await launchL2(spec);
+    const bus = spareRootPort(spec);
+    const cycle = async (i: number) => {
+      await m.qmp.deviceAdd(vfioPciDevice({ bdf: dev.bdf, id: `hp${i}` }, bus) as never);
+      await m.qmp.deviceDel(`hp${i}`, 10_000);
+    };
+    await cycle(0);
+    const fds = await fdCount(m.pid);
+    for (let i = 1; i < 50; i++) await cycle(i);
+    expect(await fdCount(m.pid), 'QEMU fds after 50 cycles').to.equal(fds);
+    const model = await iommufdModel(m, kernel());
+    expect(model.hwptAllocs).to.have.length(50);
+    expect(model.detaches.length, 'detaches').to.equal(50);
+    expect(model).to.have.freedEverything();
+  });
+
+  it('hot-plug under intel-iommu fsts=on: device_add fails with the kernel’s refusal, typed, and leaves nothing allocated', async function () {
+    const dev = host.device(this, 'no-pasid');
+    const spec: L2Spec = { config: loadConfig('intel-iommu-scalable-fsts'), spareRootPorts: 1 };
+    const m = await launchL2(spec);
+    const err = await m.qmp.deviceAdd(vfioPciDevice({ bdf: dev.bdf, id: 'hp0' }, spareRootPort(spec)) as never).catch((e: unknown) => e);
+    expect(err).to.be.instanceOf(QmpCommandError);
+    expect((err as QmpCommandError).desc).to.include('Failed to allocate hwpt: Operation not supported');
+    const model = await iommufdModel(m, kernel());
+    expect(model).to.have.requestedHwpt({ flags: ['NEST_PARENT'] });
+    expect(model).to.have.freedEverything();
+  });
+});
