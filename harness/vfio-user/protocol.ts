@@ -497,13 +497,10 @@ function need(what: string, len: number, min: number): void {
 // ---------------------------------------------------------------------------
 // Requests, as a client builds them (tests and benches use these)
 
-let nextId = 0;
-/** A request message with a fresh id (wrapping at 16 bits, as QEMU's do). */
-export function encodeRequest(command: number, payload: Buffer | undefined, flags = 0): Buffer {
+export function encodeRequest(msgId: number, command: number, payload?: Buffer, flags = 0): Buffer {
   const len = payload?.length ?? 0;
   const b = Buffer.allocUnsafe(HEADER_SIZE + len);
-  encodeHeader({ msgId: nextId, command, size: HEADER_SIZE + len, flags: flags & ~Flags.TYPE_MASK, error: 0 }, b);
-  nextId = (nextId + 1) & 0xffff;
+  encodeHeader({ msgId, command, size: HEADER_SIZE + len, flags: flags & ~Flags.TYPE_MASK, error: 0 }, b);
   payload?.copy(b, HEADER_SIZE);
   return b;
 }

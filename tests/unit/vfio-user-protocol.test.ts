@@ -101,7 +101,7 @@ describe('vfio-user protocol', () => {
 
   it('copies pending bytes linearly: the buffer holds at most one partial message', () => {
     const c = collect();
-    const one = encodeRequest(Command.DMA_MAP, Buffer.alloc(32, 0xab));
+    const one = encodeRequest(1, Command.DMA_MAP, Buffer.alloc(32, 0xab));
     const many = Buffer.concat(Array.from({ length: 5000 }, () => one));
     let maxBuffered = 0;
     for (let i = 0; i < many.length; i += 37) {
@@ -116,20 +116,20 @@ describe('vfio-user protocol', () => {
     const c = collect();
     const bad = Buffer.alloc(HEADER_SIZE);
     encodeHeader({ msgId: 3, command: Command.DMA_MAP, size: 8, flags: 0, error: 0 }, bad);
-    c.reader.push(Buffer.concat([encodeRequest(Command.DEVICE_RESET, undefined), bad, encodeRequest(Command.DEVICE_RESET, undefined)]));
+    c.reader.push(Buffer.concat([encodeRequest(1, Command.DEVICE_RESET, undefined), bad, encodeRequest(1, Command.DEVICE_RESET, undefined)]));
     expect(c.frames.map((f) => f.command)).to.deep.equal([Command.DEVICE_RESET]);
     expect(c.problems).to.have.length(1);
     expect(c.problems[0]).to.include({ kind: 'bad-size' });
     expect(c.problems[0]!.header).to.include({ msgId: 3, size: 8 });
     expect(c.reader.isBroken).to.equal(true);
-    c.reader.push(encodeRequest(Command.DEVICE_RESET, undefined));
+    c.reader.push(encodeRequest(1, Command.DEVICE_RESET, undefined));
     expect(c.frames).to.have.length(1);
   });
 
   it('discards an oversized message as it arrives and frames the next one', () => {
     const c = collect(64);
-    const big = encodeRequest(Command.REGION_WRITE, Buffer.alloc(200, 1));
-    const next = encodeRequest(Command.DEVICE_RESET, undefined);
+    const big = encodeRequest(1, Command.REGION_WRITE, Buffer.alloc(200, 1));
+    const next = encodeRequest(1, Command.DEVICE_RESET, undefined);
     const stream = Buffer.concat([big, next]);
     for (let i = 0; i < stream.length; i += 50) c.reader.push(stream.subarray(i, i + 50));
     expect(c.problems).to.have.length(1);

@@ -1,0 +1,279 @@
+import { expect } from 'chai';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { VfioUserClient, isErrorReply } from '../../harness/vfio-user/client.js';
+import { PciRegion } from '../../harness/vfio-user/device-model.js';
+import { pasidEndpoint } from '../../harness/vfio-user/devices/index.js';
+import {
+  Command,
+  Errno,
+  Flags,
+  HEADER_SIZE,
+  decodeVersion,
+  encodeDmaMap,
+  encodeHeader,
+  encodeRegionAccess,
+} from '../../harness/vfio-user/protocol.js';
+import { startVfioUserServer, type VfioUserServer } from '../../harness/vfio-user/server.js';
+
+/** QEMU 11.1.3's own VERSION capabilities (tests/fixtures/vfio-user/qemu-11.1.3-realize.hex). */
+const QEMU_CAPS =
+  '{"capabilities": {"pgsizes": 4096, "max_msg_fds": 16, "max_dma_maps": 65535, "max_data_xfer_size": 1048576, "migration": {"max_bitmap_size": 268435456, "pgsize": 4096}, "write_multiple": true}}';
+
+function versionPayload(json = QEMU_CAPS): Buffer {
+  const j = Buffer.from(json + '\0');
+  const b = Buffer.alloc(4 + j.length);
+  j.copy(b, 4);
+  return b;
+}
+
+function regionRead(region: number, offset: number, count: number): Buffer {
+  const b = Buffer.alloc(16);
+  encodeRegionAccess({ offset, region, count }, b, 0);
+  return b;
+}
+
+function regionWrite(region: number, offset: number, data: Buffer): Buffer {
+  const b = Buffer.alloc(16 + data.length);
+  encodeRegionAccess({ offset, region, count: data.length }, b, 0);
+  data.copy(b, 16);
+  return b;
+}
+
+function dmaMap(iova: bigint, size = 4096n): Buffer {
+  const b = Buffer.alloc(32);
+  encodeDmaMap({ argsz: 32, flags: 3, offset: 0n, iova, size }, b, 0);
+  return b;
+}
+
+function u32s(...v: number[]): Buffer {
+  const b = Buffer.alloc(4 * v.length);
+  v.forEach((x, i) => b.writeUInt32LE(x, 4 * i));
+  return b;
+}
+
+describe('vfio-user server', function () {
+  let dir: string;
+  let server: VfioUserServer;
+  let client: VfioUserClient;
+  const logged: string[] = [];
+
+  beforeEach(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'vfio-user-test-'));
+    logged.length = 0;
+    server = await startVfioUserServer({ socketPath: join(dir, 'dev.sock'), device: pasidEndpoint, log: (l) => logged.push(l) });
+    client = await VfioUserClient.connect(server.socketPath);
+  });
+
+  afterEach(async () => {
+    client.close();
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const handshake = async () => {
+    const r = await client.request(Command.VERSION, versionPayload());
+    expect(isErrorReply(r)).to.equal(false);
+    return r;
+  };
+
+  it('answers VERSION with its capabilities JSON and a trailing NUL, and records the client', async () => {
+    const r = await handshake();
+    expect(r.header.flags).to.equal(Flags.TYPE_REPLY);
+    expect(r.body[r.body.length - 1]).to.equal(0);
+    const v = decodeVersion(r.body, 0, r.body.length);
+    expect(v).to.include({ major: 0, minor: 0 });
+    expect(JSON.parse(v.json)).to.deep.equal({ capabilities: { max_msg_fds: 8, max_data_xfer_size: 1048576, pgsizes: 4096, max_dma_maps: 65535 } });
+    const seen = await server.waitForHandshake(1000);
+    expect(seen).to.deep.include({ major: 0, minor: 0 });
+    expect(seen.capabilities).to.have.nested.property('capabilities.max_msg_fds', 16);
+    expect(server.stats.versionHandshakes).to.equal(1);
+  });
+
+  it('keeps the VERSION reply no larger than the request, as QEMU reads it into the request buffer', async () => {
+    const r = await client.request(Command.VERSION, versionPayload('{}'));
+    expect(HEADER_SIZE + r.body.length).to.be.at.most(HEADER_SIZE + 4 + 3);
+    expect(decodeVersion(r.body, 0, r.body.length).json).to.equal('{}');
+    expect(logged.join('\n')).to.match(/would exceed the request/);
+  });
+
+  it('refuses every command before VERSION, and a major version other than 0', async () => {
+    const early = await client.request(Command.DEVICE_GET_INFO, u32s(16, 0, 0, 0));
+    expect(isErrorReply(early)).to.equal(true);
+    expect(early.header.error).to.equal(Errno.EINVAL);
+    const v1 = Buffer.from(versionPayload());
+    v1.writeUInt16LE(1, 0);
+    const bad = await client.request(Command.VERSION, v1);
+    expect(bad.header).to.include({ flags: Flags.TYPE_REPLY | Flags.ERROR, error: Errno.EINVAL });
+    expect(logged.join('\n')).to.match(/before the VERSION handshake/).and.match(/major version 1 is not supported/);
+  });
+
+  it('describes the device: info, nine regions, five IRQ indexes', async () => {
+    await handshake();
+    const info = await client.request(Command.DEVICE_GET_INFO, u32s(16, 0, 0, 0));
+    expect([0, 4, 8, 12].map((o) => info.body.readUInt32LE(o))).to.deep.equal([16, 3, 9, 5]);
+    const cfg = await client.request(Command.DEVICE_GET_REGION_INFO, Buffer.concat([u32s(32, 0, PciRegion.CONFIG, 0), Buffer.alloc(16)]));
+    expect(cfg.body.length).to.equal(32);
+    expect(cfg.body.readUInt32LE(4), 'read|write, no mmap').to.equal(3);
+    expect(cfg.body.readBigUInt64LE(16)).to.equal(4096n);
+    const bar2 = await client.request(Command.DEVICE_GET_REGION_INFO, Buffer.concat([u32s(32, 0, 2, 0), Buffer.alloc(16)]));
+    expect(bar2.body.readBigUInt64LE(16)).to.equal(0x100000n);
+    const none = await client.request(Command.DEVICE_GET_REGION_INFO, Buffer.concat([u32s(32, 0, 9, 0), Buffer.alloc(16)]));
+    expect(none.header.error).to.equal(Errno.EINVAL);
+    const small = await client.request(Command.DEVICE_GET_REGION_INFO, Buffer.concat([u32s(16, 0, 7, 0), Buffer.alloc(16)]));
+    expect(small.header.error).to.equal(Errno.EINVAL);
+    const err = await client.request(Command.DEVICE_GET_IRQ_INFO, u32s(16, 0, 3, 0));
+    expect([4, 8, 12].map((o) => err.body.readUInt32LE(o))).to.deep.equal([1, 3, 1]);
+    const irqs = await client.request(Command.DEVICE_SET_IRQS, u32s(20, 0x21, 3, 0, 0));
+    expect(isErrorReply(irqs)).to.equal(false);
+    expect(server.stats.setIrqs).to.equal(1);
+  });
+
+  it('reads and writes config space and BARs; a posted write gets no reply', async () => {
+    await handshake();
+    const r = await client.request(Command.REGION_READ, regionRead(PciRegion.CONFIG, 0, 8));
+    expect(r.body.readUInt32LE(12), 'count echoed').to.equal(8);
+    expect(r.body.subarray(16).toString('hex')).to.equal('577e020000001000');
+    const w = await client.request(Command.REGION_WRITE, regionWrite(PciRegion.CONFIG, 0x106, Buffer.from([7, 0])));
+    expect(w.body.length, 'write reply: offset, region, count').to.equal(16);
+    client.post(Command.REGION_WRITE, regionWrite(2, 0x10, Buffer.from('posted')));
+    const back = await client.request(Command.REGION_READ, regionRead(2, 0x10, 6));
+    expect(back.body.subarray(16).toString()).to.equal('posted');
+    const pasidCtl = await client.request(Command.REGION_READ, regionRead(PciRegion.CONFIG, 0x106, 2));
+    expect(pasidCtl.body.readUInt16LE(16)).to.equal(7);
+    expect(client.unexpected, 'no reply to the posted write').to.deep.equal([]);
+    expect(server.stats).to.include({ configReads: 2, configWrites: 1, barReads: 1, barWrites: 1, postedWrites: 1 });
+  });
+
+  it('refuses region accesses out of bounds or too large, and answers nothing to a bad posted write', async () => {
+    await handshake();
+    expect((await client.request(Command.REGION_READ, regionRead(PciRegion.CONFIG, 4094, 4))).header.error).to.equal(Errno.EINVAL);
+    expect((await client.request(Command.REGION_READ, regionRead(3, 0, 4))).header.error).to.equal(Errno.EINVAL);
+    expect((await client.request(Command.REGION_READ, regionRead(2, 0, 2 << 20))).header.error).to.equal(Errno.E2BIG);
+    const short = regionWrite(0, 0, Buffer.alloc(8)).subarray(0, 20);
+    expect((await client.request(Command.REGION_WRITE, short)).header.error, 'count beyond the data').to.equal(Errno.EINVAL);
+    client.post(Command.REGION_WRITE, regionWrite(5, 0, Buffer.alloc(4)));
+    await client.request(Command.DEVICE_GET_INFO, u32s(16, 0, 0, 0));
+    expect(client.unexpected).to.deep.equal([]);
+    expect(server.stats.unansweredProblems).to.equal(1);
+    expect(logged.join('\n')).to.match(/REGION_WRITE \(message \d+\) refused: write of region 5, which this device does not have/);
+  });
+
+  it('answers an unknown command and a short payload with an error reply and goes on', async () => {
+    await handshake();
+    const unknown = await client.request(99, Buffer.alloc(8));
+    expect(unknown.header).to.include({ command: 99, flags: Flags.TYPE_REPLY | Flags.ERROR, error: Errno.ENOSYS, size: HEADER_SIZE });
+    const short = await client.request(Command.DMA_MAP, Buffer.alloc(8));
+    expect(short.header.error).to.equal(Errno.EINVAL);
+    const multi = await client.request(Command.REGION_WRITE_MULTI, Buffer.alloc(8));
+    expect(multi.header.error, 'write_multiple was not offered').to.equal(Errno.ENOSYS);
+    expect(isErrorReply(await client.request(Command.DMA_MAP, dmaMap(0x1000n)))).to.equal(false);
+    expect(logged.join('\n')).to.match(/command 99 is not supported/).and.match(/DMA_MAP: payload is 8 bytes, needs 32/);
+    expect(server.stats.errorReplies).to.equal(3);
+  });
+
+  it('ignores a reply it never asked for, and refuses an unknown message type', async () => {
+    await handshake();
+    const reply = Buffer.alloc(16);
+    encodeHeader({ msgId: 500, command: Command.DMA_READ, size: 16, flags: Flags.TYPE_REPLY, error: 0 }, reply);
+    client.sendRaw(reply);
+    const odd = Buffer.alloc(16);
+    encodeHeader({ msgId: 501, command: Command.DEVICE_RESET, size: 16, flags: 0x7, error: 0 }, odd);
+    client.sendRaw(odd);
+    await client.request(Command.DEVICE_GET_INFO, u32s(16, 0, 0, 0));
+    expect(client.unexpected.map((r) => [r.header.msgId, r.header.error])).to.deep.equal([[501, Errno.EINVAL]]);
+    expect(logged.join('\n')).to.match(/unexpected reply 500 \(DMA_READ\) ignored/).and.match(/unknown type 7/);
+  });
+
+  it('accepts DMA_MAP and DMA_UNMAP, echoing the unmap entry, and counts them', async () => {
+    await handshake();
+    const map = await client.request(Command.DMA_MAP, dmaMap(0x200000n, 0x10000n));
+    expect(map.body.length, 'no payload in the DMA_MAP reply').to.equal(0);
+    const unmapReq = Buffer.alloc(24);
+    unmapReq.writeUInt32LE(24, 0);
+    unmapReq.writeBigUInt64LE(0x200000n, 8);
+    unmapReq.writeBigUInt64LE(0x10000n, 16);
+    const unmap = await client.request(Command.DMA_UNMAP, unmapReq);
+    expect(unmap.body.equals(unmapReq)).to.equal(true);
+    unmapReq.writeUInt32LE(1, 4);
+    expect((await client.request(Command.DMA_UNMAP, unmapReq)).header.error, 'dirty bitmap not negotiated').to.equal(Errno.EINVAL);
+    expect(server.stats).to.include({ dmaMaps: 1, dmaMapBytes: 0x10000, dmaUnmaps: 1 });
+  });
+
+  it('restores the device on DEVICE_RESET', async () => {
+    await handshake();
+    await client.request(Command.REGION_WRITE, regionWrite(PciRegion.CONFIG, 0x4, Buffer.from([6, 0])));
+    expect(server.device.config.readUInt16LE(4)).to.equal(6);
+    const r = await client.request(Command.DEVICE_RESET);
+    expect(isErrorReply(r)).to.equal(false);
+    expect(server.device.config.readUInt16LE(4)).to.equal(0);
+    expect(server.stats.resets).to.equal(1);
+  });
+
+  it('answers an unframeable header with an error, closes the session and takes the next client', async () => {
+    await handshake();
+    const bad = Buffer.alloc(16);
+    encodeHeader({ msgId: 77, command: Command.DMA_MAP, size: 4, flags: 0, error: 0 }, bad);
+    client.sendRaw(bad);
+    await client.waitClosed(2000);
+    expect(client.unexpected.map((r) => [r.header.msgId, r.header.error])).to.deep.equal([[77, Errno.EINVAL]]);
+    const end = await server.waitForSessionEnd(2000);
+    expect(end.reason).to.equal('unframeable');
+    client = await VfioUserClient.connect(server.socketPath);
+    await handshake();
+    expect(server.stats.connections).to.equal(2);
+  });
+
+  it('discards an oversized message and still answers the next one', async () => {
+    await handshake();
+    const big = Buffer.alloc(HEADER_SIZE + 16 + (1 << 20) + 64);
+    encodeHeader({ msgId: 88, command: Command.REGION_WRITE, size: big.length, flags: 0, error: 0 }, big);
+    client.sendRaw(big);
+    const next = await client.request(Command.DEVICE_GET_INFO, u32s(16, 0, 0, 0));
+    expect(isErrorReply(next)).to.equal(false);
+    expect(client.unexpected.map((r) => [r.header.msgId, r.header.error])).to.deep.equal([[88, Errno.E2BIG]]);
+  });
+
+  it('ends the session cleanly when the peer vanishes mid-message, and refuses a second client meanwhile', async () => {
+    await handshake();
+    const second = await VfioUserClient.connect(server.socketPath);
+    await second.waitClosed(2000);
+    expect(server.stats.refusedConnections).to.equal(1);
+    client.sendRaw(Buffer.from([1, 0, 2, 0, 48, 0])); // half a header
+    client.close();
+    const end = await server.waitForSessionEnd(2000);
+    expect(end).to.deep.include({ reason: 'peer-closed' });
+    expect(server.sessionActive).to.equal(false);
+  });
+
+  it('refuses to listen on an existing path and removes its socket on close', async () => {
+    const taken = join(dir, 'taken');
+    writeFileSync(taken, '');
+    let error: Error | undefined;
+    await startVfioUserServer({ socketPath: taken, device: pasidEndpoint }).catch((e: Error) => (error = e));
+    expect(error?.message).to.match(/socket path .*taken already exists/);
+    expect(existsSync(taken), 'a non-socket file is left alone').to.equal(true);
+    client.close();
+    await server.close();
+    expect(existsSync(server.socketPath)).to.equal(false);
+  });
+
+  it('answers 100,000 pipelined DMA_MAPs, each once', async function () {
+    this.timeout(30_000);
+    await handshake();
+    // Two rounds: message ids are 16 bits, so at most 65535 can be in flight.
+    const round = 50_000;
+    const n = 2 * round;
+    const t0 = process.hrtime.bigint();
+    for (let k = 0; k < 2; k++) {
+      const replies = Array.from({ length: round }, (_, i) => client.request(Command.DMA_MAP, dmaMap(BigInt(k * round + i) << 12n), 20_000));
+      const all = await Promise.all(replies);
+      expect(all.every((r) => !isErrorReply(r))).to.equal(true);
+    }
+    const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+    expect(server.stats.dmaMaps).to.equal(n);
+    expect(client.unexpected).to.deep.equal([]);
+    this.test!.title += ` (${Math.round(n / seconds)}/s with the client in this process)`;
+  });
+});
