@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { decodeAtsCap, decodePasidCap, describeCaps, findExtCap, walkPciCaps } from '../../harness/guest/pci-caps.js';
+import { parsePciList } from '../../harness/guest/pci-sysfs.js';
 import { repoRoot } from '../../harness/util/paths.js';
 
 // Config space read from /sys/bus/pci/devices/*/config in a guest (Linux
@@ -80,5 +81,21 @@ describe('PCI capability walker (real config space)', () => {
 
   it('needs at least the header', () => {
     expect(() => walkPciCaps(Buffer.alloc(16))).to.throw(/need at least the 64-byte header, got 16 bytes/);
+  });
+});
+
+describe('guest PCI function list', () => {
+  // Output of pci-sysfs.ts's listing script in a guest with three root ports,
+  // e1000e, igb and virtio-net (Linux 7.2.13, QEMU 11.1.3).
+  it('parses bdf, ids, class, driver and IOMMU group', () => {
+    const fns = parsePciList(readFileSync(join(fixtures, 'pci-list.txt'), 'utf8'));
+    expect(fns).to.have.length(11);
+    expect(fns[0]).to.deep.equal({ bdf: '0000:00:00.0', vendor: 0x8086, device: 0x29c0, class: 0x060000, driver: undefined, iommuGroup: 0 });
+    expect(fns.find((f) => f.bdf === '0000:00:02.0')).to.deep.include({ driver: 'pcieport', iommuGroup: 2 });
+    expect(fns.filter((f) => f.iommuGroup === 5).map((f) => f.bdf)).to.deep.equal(['0000:00:1f.0', '0000:00:1f.2', '0000:00:1f.3']);
+  });
+
+  it('refuses a line of another shape', () => {
+    expect(() => parsePciList('0000:00:00.0 0x8086 0x29c0')).to.throw(/expected 6 fields, got "0000:00:00.0 0x8086 0x29c0"/);
   });
 });
