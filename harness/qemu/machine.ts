@@ -89,7 +89,8 @@ export class Machine {
       this.exitInfo = { code, signal, text: signal ? `killed by ${signal}` : `exit status ${code}` };
       live.delete(this);
       stderrLog.end();
-      void writeFile(join(artifactsDir, 'exit.json'), JSON.stringify(this.exitInfo) + '\n');
+      // Best effort: the folder may be gone (a run cleaning artifacts).
+      writeFile(join(artifactsDir, 'exit.json'), JSON.stringify(this.exitInfo) + '\n').catch(() => {});
       return this.exitInfo;
     });
   }

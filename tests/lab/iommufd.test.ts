@@ -7,6 +7,7 @@ import { LaunchError, type Machine } from '../../harness/qemu/machine.js';
 import { QmpCommandError } from '../../harness/qmp/errors.js';
 import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
 import { useMachines } from '../../harness/testing/fixtures.js';
+import { skipBecause } from '../../harness/report/skip.js';
 import { loadConfig } from '../../harness/viommu/configs.js';
 import { probeArch } from '../../harness/viommu/probe.js';
 import { join } from 'node:path';
@@ -98,5 +99,68 @@ describe('iommufd: HWPTs for vfio-pci devices', function () {
     const model = await iommufdModel(m, kernel());
     expect(model).to.have.requestedHwpt({ flags: ['NEST_PARENT'] });
     expect(model).to.have.freedEverything();
+  });
+});
+
+describe('iommufd: several devices, bridges', function () {
+  this.timeout(300_000);
+  let host: LabHost;
+  before(async function () {
+    host = await LabHost.open(this);
+  });
+  after(() => host?.close());
+  const machines = useMachines();
+
+  async function launchL2(spec: L2Spec): Promise<Machine> {
+    return machines.launch(l2Description(spec, await probeArch(spec.config.arch)), { name: 'l2' });
+  }
+
+  function twoDevices(ctx: Mocha.Context) {
+    const ds = [...host.profile.devices].filter((d) => host.bound.has(d.bdf) && d.role !== 'behind-bridge').slice(0, 2);
+    if (ds.length < 2) skipBecause(ctx, `host profile ${host.profile.name} lists fewer than two devices to pass through`);
+    return ds.map((d, i) => ({ bdf: d.bdf, id: `hostdev${i}` }));
+  }
+
+  it('no vIOMMU, two devices: one container; the second device reuses the first one’s HWPT (an attach, no second allocation)', async function () {
+    const devices = twoDevices(this);
+    const model = await iommufdModel(await launchL2({ config: loadConfig('no-viommu-q35'), devices }));
+    expect(model.hwptAllocs, 'HWPT allocations').to.have.length(1);
+    expect(model.objects.filter((o) => o.kind === 'ioas'), 'IOAS').to.have.length(1);
+    const [a, b] = devices.map((d) => model.attaches.find((x) => x.name === d.bdf));
+    expect(a, 'first attach').to.not.equal(undefined);
+    expect(b, 'second attach').to.not.equal(undefined);
+    expect(b!.targetId).to.equal(a!.targetId);
+  });
+
+  it('intel-iommu, two devices: each device has its own DMA address space behind the vIOMMU, so its own container, IOAS and HWPT', async function () {
+    const devices = twoDevices(this);
+    const model = await iommufdModel(await launchL2({ config: loadConfig('intel-iommu-caching-mode'), devices }));
+    expect(model.objects.filter((o) => o.kind === 'ioas'), 'IOAS').to.have.length(2);
+    expect(model.hwptAllocs, 'HWPT allocations').to.have.length(2);
+    expect(new Set(model.hwptAllocs.map((h) => h.ptId)).size, 'distinct IOAS parents').to.equal(2);
+    expect(new Set(model.attaches.map((a) => a.targetId)).size, 'distinct attach targets').to.equal(2);
+  });
+
+  it('fsts=on, device behind a conventional PCI bridge: refused with the bridge message (needs nesting; else NEST_PARENT is refused first)', async function () {
+    const dev = host.device(this, 'no-pasid');
+    const spec: L2Spec = {
+      config: loadConfig('intel-iommu-scalable-fsts'),
+      extraDevices: [
+        { driver: 'pcie-pci-bridge', id: 'br0', bus: 'pcie.0' },
+        vfioPciDevice({ bdf: dev.bdf, id: 'hostdev0' }, 'br0'),
+      ],
+    };
+    const err = await launchL2(spec).catch((e: unknown) => e);
+    expect(err).to.be.instanceOf(LaunchError);
+    const e = err as LaunchError;
+    const model = await iommufdModelOf(join(e.artifactsDir, 'trace.log'), await formatsFor(findQemu('x86_64').traceEventsAll));
+    expect(model).to.have.freedEverything();
+    if (/Failed to allocate hwpt: Operation not supported/.test(e.stderr)) {
+      // Realize allocates the HWPT before the vIOMMU checks the topology, so a
+      // host without nesting refuses NEST_PARENT before the bridge check runs.
+      expect(model).to.have.requestedHwpt({ flags: ['NEST_PARENT'] });
+      skipBecause(this, 'host IOMMU has no nesting: NEST_PARENT is refused before QEMU checks for the PCI bridge (the refusal and the frees were asserted)');
+    }
+    expect(e.stderr).to.match(/Host device downstream to a PCI bridge is unsupported when (fsts|x-flts|flts)=on/);
   });
 });
