@@ -2,12 +2,10 @@ import { expect } from 'chai';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { GuestImage } from '../../harness/guest/image.js';
 import { decodeAtsCap, walkPciCaps } from '../../harness/guest/pci-caps.js';
 import { parseDmarTranslationStruct } from '../../harness/guest/vtd-debugfs.js';
 import { rootPorts } from '../../harness/qemu/topology.js';
-import { useMachines } from '../../harness/testing/fixtures.js';
-import { boot, requireGuest } from './helpers.js';
+import { boot, useGuest } from './helpers.js';
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 const MiB = 1024 * 1024;
@@ -20,11 +18,8 @@ const VIRTIO_F_ACCESS_PLATFORM = 33;
 
 describe('DMA through the vIOMMU (virtio-blk, iommu_platform=on, TCG)', function () {
   this.timeout(180_000);
-  let image: GuestImage;
-  before(async function () {
-    image = await requireGuest(this);
-  });
-  const machines = useMachines();
+  const guest = useGuest();
+  const machines = guest.machines;
 
   for (const ats of [false, true]) {
     it(`${ats ? 'with ATS (device TLB)' : 'without ATS'}: the guest reads what the host wrote, the host reads what the guest wrote, translated by intel-iommu`, async () => {
@@ -32,7 +27,7 @@ describe('DMA through the vIOMMU (virtio-blk, iommu_platform=on, TCG)', function
       const content = randomBytes(8 * MiB);
       writeFileSync(disk, content);
       const g = await boot(machines, {
-        image,
+        image: guest.image,
         devices: [
           ...rootPorts(1),
           { driver: 'virtio-blk-pci', id: 'blk0', bus: 'rp0', drive: 'disk0', iommu_platform: true, 'disable-legacy': 'on', ...(ats ? { ats: true } : {}) },

@@ -1,10 +1,8 @@
 import { expect } from 'chai';
-import type { GuestImage } from '../../harness/guest/image.js';
 import type { Agent } from '../../harness/guest/agent.js';
 import { describeCaps, findStdCap, walkPciCaps } from '../../harness/guest/pci-caps.js';
 import { NATIVE_PCIE_HOTPLUG, rootPorts } from '../../harness/qemu/topology.js';
-import { useMachines } from '../../harness/testing/fixtures.js';
-import { boot, requireGuest } from './helpers.js';
+import { boot, useGuest } from './helpers.js';
 
 // rootPorts(2) puts rp0 at 00:02.0; the firmware gives its secondary bus
 // number 1, so a device on rp0 is 0000:01:00.0 in the guest.
@@ -35,16 +33,13 @@ async function waitPowerIndicatorOn(a: Agent, seconds = 10): Promise<void> {
 
 describe('PCIe hot-plug seen from a running guest (TCG)', function () {
   this.timeout(120_000);
-  let image: GuestImage;
-  before(async function () {
-    image = await requireGuest(this);
-  });
-  const machines = useMachines();
+  const guest = useGuest();
+  const machines = guest.machines;
 
   for (const native of [false, true]) {
     const how = native ? 'native PCIe hot-plug (pciehp)' : 'ACPI hot-plug (q35 default)';
     it(`${how}: device_add appears in the guest with its config space; device_del is released by the guest, then DEVICE_DELETED`, async () => {
-      const g = await boot(machines, { image, devices: rootPorts(2), ...(native ? { globals: [NATIVE_PCIE_HOTPLUG] } : {}) });
+      const g = await boot(machines, { image: guest.image, devices: rootPorts(2), ...(native ? { globals: [NATIVE_PCIE_HOTPLUG] } : {}) });
       const a = g.agent;
       expect((await a.run(`test -e /sys/bus/pci/devices/${BDF}`)).status, `${BDF} before device_add`).to.equal(1);
 

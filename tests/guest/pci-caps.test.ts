@@ -1,22 +1,17 @@
 import { expect } from 'chai';
-import type { GuestImage } from '../../harness/guest/image.js';
 import { describeCaps } from '../../harness/guest/pci-caps.js';
 import { guestPasidCap, listPciFunctions, walkGuestPciCaps } from '../../harness/guest/pci-sysfs.js';
 import { rootPorts } from '../../harness/qemu/topology.js';
-import { useMachines } from '../../harness/testing/fixtures.js';
-import { boot, requireGuest } from './helpers.js';
+import { boot, useGuest } from './helpers.js';
 
 describe('PCI capability walker over a live guest sysfs (TCG)', function () {
   this.timeout(120_000);
-  let image: GuestImage;
-  before(async function () {
-    image = await requireGuest(this);
-  });
-  const machines = useMachines();
+  const guest = useGuest();
+  const machines = guest.machines;
 
   it('walks every function without a problem and finds ATS, ARI, SR-IOV where the devices have them', async () => {
     const g = await boot(machines, {
-      image,
+      image: guest.image,
       devices: [
         ...rootPorts(3),
         { driver: 'e1000e', id: 'nic0', bus: 'rp0', romfile: '' },

@@ -1,10 +1,8 @@
 import { expect } from 'chai';
 import type { PropValue } from '../../harness/qemu/argv.js';
-import type { GuestImage } from '../../harness/guest/image.js';
 import { decodeGsts, parseDmarTranslationStruct, parseIommuRegset, type TranslationMode } from '../../harness/guest/vtd-debugfs.js';
 import { CAP_FIELDS, describeRegister, ECAP_FIELDS, expectedVtd, parseHexRegister, summarizeVtd, type IntelIommuProps } from '../../harness/guest/vtd-regs.js';
-import { useMachines } from '../../harness/testing/fixtures.js';
-import { boot, requireGuest } from './helpers.js';
+import { boot, useGuest } from './helpers.js';
 
 interface Variant {
   name: string;
@@ -39,15 +37,12 @@ const variants: Variant[] = [
 
 describe('intel-iommu as the guest sees it (TCG)', function () {
   this.timeout(120_000);
-  let image: GuestImage;
-  before(async function () {
-    image = await requireGuest(this);
-  });
-  const machines = useMachines();
+  const guest = useGuest();
+  const machines = guest.machines;
 
   for (const v of variants) {
     it(v.name, async () => {
-      const g = await boot(machines, { image, intelIommu: v.props });
+      const g = await boot(machines, { image: guest.image, intelIommu: v.props });
       const a = g.agent;
 
       // cap/ecap decoded into named bits, against what the configuration implies.
