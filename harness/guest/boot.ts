@@ -41,10 +41,34 @@ export interface GuestOptions {
   extraArgs?: string[];
   /** Print less while booting (loglevel=4): less console I/O under TCG. */
   quiet?: boolean;
+  /**
+   * Boot into a read-only 9p share of a host folder (default the host's /)
+   * instead of staying in the initramfs: harness.root=9p, tmpfs on /tmp,
+   * /run, /var/tmp and /dev/shm. The virtual lab's L1 runs Node and QEMU
+   * from there.
+   */
+  rootShare?: { hostPath?: string };
+  /**
+   * A writable 9p share of `hostPath`, mounted at `guestPath` (in the 9p root
+   * this must be a folder that exists there, e.g. the same path as on the host).
+   */
+  resultsShare?: { hostPath: string; guestPath: string };
+}
+
+export const ROOT_SHARE_TAG = 'hostroot';
+export const RESULTS_SHARE_TAG = 'results';
+
+/** -fsdev for a 9p export; multidevs=remap because / spans several file systems. */
+function fsdev(id: string, path: string, readonly: boolean): string[] {
+  const p = path.replaceAll(',', ',,');
+  return ['-fsdev', `local,id=${id},path=${p},security_model=none,multidevs=remap${readonly ? ',readonly=on' : ''}`];
 }
 
 /** The kernel command line for an agent guest. */
-export function guestCmdline(opts: Pick<GuestOptions, 'append' | 'quiet'> = {}): string {
+export function guestCmdline(opts: Pick<GuestOptions, 'append' | 'quiet' | 'rootShare' | 'resultsShare'> = {}): string {
+  for (const [what, v] of [['resultsShare.guestPath', opts.resultsShare?.guestPath]] as const) {
+    if (v !== undefined && !/^\/[\w./-]*$/.test(v)) throw new Error(`${what} must be an absolute path without spaces, got ${JSON.stringify(v)}`);
+  }
   return [
     'console=ttyS0,115200',
     // A panic ends the machine (-no-reboot) instead of hanging until a deadline.
@@ -52,6 +76,8 @@ export function guestCmdline(opts: Pick<GuestOptions, 'append' | 'quiet'> = {}):
     ...(opts.quiet ? ['loglevel=4'] : []),
     'harness.role=agent',
     `harness.agent=${AGENT_PORT_NAME}`,
+    ...(opts.rootShare ? ['harness.root=9p', `harness.roottag=${ROOT_SHARE_TAG}`] : []),
+    ...(opts.resultsShare ? [`harness.results=${opts.resultsShare.guestPath}`] : []),
     ...(opts.append ?? []),
   ].join(' ');
 }
@@ -64,7 +90,13 @@ export function guestDescription(opts: GuestOptions): MachineDescription {
     ...(iommu ? [{ driver: 'intel-iommu', id: 'iommu0', ...iommu }] : []),
     { driver: 'virtio-serial-pci', id: 'vser0' },
     { driver: 'virtserialport', id: 'agentport', bus: 'vser0.0', chardev: AGENT_CHARDEV, name: AGENT_PORT_NAME },
+    ...(opts.rootShare ? [{ driver: 'virtio-9p-pci', id: 'fs-root', fsdev: ROOT_SHARE_TAG, mount_tag: ROOT_SHARE_TAG }] : []),
+    ...(opts.resultsShare ? [{ driver: 'virtio-9p-pci', id: 'fs-results', fsdev: RESULTS_SHARE_TAG, mount_tag: RESULTS_SHARE_TAG }] : []),
     ...(opts.devices ?? []),
+  ];
+  const shares = [
+    ...(opts.rootShare ? fsdev(ROOT_SHARE_TAG, opts.rootShare.hostPath ?? '/', true) : []),
+    ...(opts.resultsShare ? fsdev(RESULTS_SHARE_TAG, opts.resultsShare.hostPath, false) : []),
   ];
   return {
     arch: 'x86_64',
@@ -81,7 +113,7 @@ export function guestDescription(opts: GuestOptions): MachineDescription {
     ...(opts.globals ? { globals: opts.globals } : {}),
     ...(opts.objects ? { objects: opts.objects } : {}),
     ...(opts.trace ? { trace: opts.trace } : {}),
-    extraArgs: ['-no-reboot', ...(opts.extraArgs ?? [])],
+    extraArgs: ['-no-reboot', ...shares, ...(opts.extraArgs ?? [])],
   };
 }
 
