@@ -41,10 +41,18 @@ export function checkVfioUserNeedsCachingMode(config: MachineConfigLike): VfioUs
   const global = [...(config.globals ?? []), ...globalArgs(config.extraArgs ?? [])]
     .filter((g) => g.driver === 'intel-iommu' && g.property === 'caching-mode')
     .at(-1);
-  const value = iommu.props['caching-mode'] ?? global?.value;
-  if (isOn(value)) return undefined;
+  const own = iommu.props['caching-mode'];
+  // In JSON syntax QEMU takes only a JSON boolean ("on" is a type error there).
+  const ok = own !== undefined ? (iommu.json ? own === true : isOn(own)) : isOn(global?.value);
+  if (ok) return undefined;
+  const value = own ?? global?.value;
   const names = vfioUser.map((d) => (typeof d.props.id === 'string' ? d.props.id : `on bus ${String(d.props.bus ?? '?')}`)).join(', ');
-  const seen = value === undefined ? 'caching-mode is not set (default off)' : `caching-mode=${String(value)}`;
+  const seen =
+    value === undefined
+      ? 'caching-mode is not set (default off)'
+      : iommu.json && typeof own === 'string'
+        ? `caching-mode is the string ${JSON.stringify(own)} (JSON device syntax needs true)`
+        : `caching-mode=${String(value)}`;
   return new VfioUserConfigError(
     `vfio-user-pci ${names} behind intel-iommu needs caching-mode=on, but ${seen}: ` +
       'QEMU would abort once the guest enables DMA remapping ("device BB.DD.F requires caching mode", ' +
@@ -55,11 +63,13 @@ export function checkVfioUserNeedsCachingMode(config: MachineConfigLike): VfioUs
 interface Dev {
   driver: string;
   props: Record<string, unknown>;
+  /** Given in JSON syntax (the Machine passes `devices` so), where types are strict. */
+  json: boolean;
 }
 
 /** Devices from `devices` and from `-device` in extraArgs (JSON or key=value syntax). */
 function allDevices(config: MachineConfigLike): Dev[] {
-  const out: Dev[] = (config.devices ?? []).map((d) => ({ driver: d.driver, props: d }));
+  const out: Dev[] = (config.devices ?? []).map((d) => ({ driver: d.driver, props: d, json: true }));
   const extra = config.extraArgs ?? [];
   for (let i = 0; i < extra.length - 1; i++) {
     if (extra[i] !== '-device') continue;
@@ -73,7 +83,7 @@ function parseDeviceArg(arg: string): Dev | undefined {
   if (arg.trimStart().startsWith('{')) {
     try {
       const o = JSON.parse(arg) as Record<string, unknown>;
-      return typeof o.driver === 'string' ? { driver: o.driver, props: o } : undefined;
+      return typeof o.driver === 'string' ? { driver: o.driver, props: o, json: true } : undefined;
     } catch {
       return undefined;
     }
@@ -89,7 +99,7 @@ function parseDeviceArg(arg: string): Dev | undefined {
     if (eq < 0) props[p] = 'on';
     else props[p.slice(0, eq)] = p.slice(eq + 1);
   }
-  return { driver, props };
+  return { driver, props, json: false };
 }
 
 function globalArgs(extra: string[]): Array<{ driver: string; property: string; value: PropValue }> {
