@@ -276,13 +276,16 @@ export function decodeVersion(buf: Buffer, at: number, len: number): VersionPayl
   return { major: buf.readUInt16LE(at), minor: buf.readUInt16LE(at + 2), json };
 }
 
+/** An empty `json` sends no version data at all (it is optional); otherwise JSON and its NUL. */
 export function encodeVersionReply(msgId: number, v: VersionPayload): Buffer {
   const json = Buffer.from(v.json, 'utf8');
-  const b = allocReply(msgId, Command.VERSION, 4 + json.length + 1);
+  const b = allocReply(msgId, Command.VERSION, 4 + (json.length ? json.length + 1 : 0));
   b.writeUInt16LE(v.major, HEADER_SIZE);
   b.writeUInt16LE(v.minor, HEADER_SIZE + 2);
-  json.copy(b, HEADER_SIZE + 4);
-  b[b.length - 1] = 0;
+  if (json.length) {
+    json.copy(b, HEADER_SIZE + 4);
+    b[b.length - 1] = 0;
+  }
   return b;
 }
 

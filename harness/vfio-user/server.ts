@@ -469,11 +469,14 @@ class Session {
         throw new PayloadError('VERSION', `capabilities are not JSON: ${(e as Error).message}`);
       }
     }
-    let reply = encodeVersionReply(f.msgId, { major: VERSION_MAJOR, minor: Math.min(v.minor, VERSION_MINOR), json: capabilitiesJson(this.srv.caps) });
-    // QEMU reads the reply into its request's buffer and rejects a larger one.
+    const minor = Math.min(v.minor, VERSION_MINOR);
+    let reply = encodeVersionReply(f.msgId, { major: VERSION_MAJOR, minor, json: capabilitiesJson(this.srv.caps) });
+    // QEMU reads the reply into its request's buffer and rejects a larger one:
+    // fall back to no capabilities (the client's defaults), then to no data.
     if (reply.length > f.size) {
       this.srv.log(`VERSION reply (${reply.length} bytes) would exceed the request (${f.size}); sending no capabilities, so the client uses defaults`);
-      reply = encodeVersionReply(f.msgId, { major: VERSION_MAJOR, minor: Math.min(v.minor, VERSION_MINOR), json: '{}' });
+      reply = encodeVersionReply(f.msgId, { major: VERSION_MAJOR, minor, json: '{}' });
+      if (reply.length > f.size) reply = encodeVersionReply(f.msgId, { major: VERSION_MAJOR, minor, json: '' });
     }
     this.versioned = true;
     this.srv.log(`VERSION ${v.major}.${v.minor} from client, capabilities ${v.json || '(none)'}`);

@@ -1,46 +1,19 @@
 import { expect } from 'chai';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import type { DeviceSpec, MachineDescription } from '../../harness/qemu/argv.js';
+import { readdirSync } from 'node:fs';
+import type { MachineDescription } from '../../harness/qemu/argv.js';
 import type { Machine } from '../../harness/qemu/machine.js';
 import { NATIVE_PCIE_HOTPLUG, rootPorts } from '../../harness/qemu/topology.js';
 import type { PciDevice } from '../../harness/qmp/client.js';
 import { useMachines } from '../../harness/testing/fixtures.js';
 import { requireQemu } from '../../harness/testing/prereqs.js';
 import { sleep, withDeadline } from '../../harness/util/deadline.js';
-import type { DeviceDescription } from '../../harness/vfio-user/description.js';
+import { VfioUserDevices } from '../../harness/vfio-user/attach.js';
 import { CapId, Exp, ExtCapId } from '../../harness/vfio-user/device-model.js';
-import { pasidEndpoint, pasidNoTlpPrefix, plainEndpoint } from '../../harness/vfio-user/devices/index.js';
+import { pasidEndpoint, plainEndpoint } from '../../harness/vfio-user/devices/index.js';
 import { Command } from '../../harness/vfio-user/protocol.js';
-import { startVfioUserServer, type VfioUserServer } from '../../harness/vfio-user/server.js';
 
 /** q35 with SeaBIOS: MMCONFIG is where the firmware puts PCIEXBAR. */
 const MMCONFIG_BASE = 0xb000_0000;
-
-function vfioUserDevice(id: string, bus: string, socketPath: string): DeviceSpec {
-  return { driver: 'vfio-user-pci', id, bus, socket: { type: 'unix', path: socketPath } };
-}
-
-/** Servers for one test, each on a socket in a private directory that goes with them. */
-class Servers {
-  private dir: string | undefined;
-  private list: VfioUserServer[] = [];
-  readonly log: string[] = [];
-
-  async start(device: DeviceDescription, name = device.name): Promise<VfioUserServer> {
-    this.dir ??= mkdtempSync(join(tmpdir(), 'vfio-user-qemu-'));
-    const s = await startVfioUserServer({ socketPath: join(this.dir, `${name}.sock`), device, log: (l) => this.log.push(l) });
-    this.list.push(s);
-    return s;
-  }
-
-  async closeAll(): Promise<void> {
-    for (const s of this.list.splice(0)) await s.close();
-    if (this.dir) rmSync(this.dir, { recursive: true, force: true });
-    this.dir = undefined;
-  }
-}
 
 /** Reads guest-physical memory through HMP `xp` (here: MMCONFIG, i.e. config space as the guest sees it). */
 async function readGuestDwords(m: Machine, addr: number, count: number): Promise<number[]> {
@@ -95,23 +68,20 @@ describe('vfio-user device server with QEMU (vfio-user-pci, TCG)', function () {
     await requireQemu(this, 'x86_64');
   });
   const machines = useMachines();
-  const servers = new Servers();
+  let devs: VfioUserDevices;
+  beforeEach(() => {
+    devs = new VfioUserDevices();
+  });
   afterEach(async function () {
-    // Machines first (the fixture's own afterEach runs before this one, as it was registered first).
-    await servers.closeAll();
+    // The machines are gone by now: the fixture's afterEach was registered first.
+    await devs.close();
   });
 
   it('QEMU realizes the devices: handshake, config reads, DMA_MAPs; the guest sees our ids, BARs and capabilities', async () => {
-    const pasid = await servers.start(pasidEndpoint);
-    const plain = await servers.start(plainEndpoint);
-    const noPrefix = await servers.start(pasidNoTlpPrefix);
-    const m = await machines.launch({
-      arch: 'x86_64',
-      machine: { type: 'q35' },
-      memoryMB: 256,
-      paused: true,
-      devices: [...rootPorts(3), vfioUserDevice('vu0', 'rp0', pasid.socketPath), vfioUserDevice('vu1', 'rp1', plain.socketPath), vfioUserDevice('vu2', 'rp2', noPrefix.socketPath)],
-    });
+    const pasid = (await devs.add(pasidEndpoint, { id: 'vu0', bus: 'rp0' })).server;
+    const plain = (await devs.add(plainEndpoint, { id: 'vu1', bus: 'rp1' })).server;
+    const noPrefix = (await devs.add('pasid-no-tlp-prefix', { id: 'vu2', bus: 'rp2' })).server;
+    const m = await machines.launch({ arch: 'x86_64', machine: { type: 'q35' }, memoryMB: 256, paused: true, devices: [...rootPorts(3), ...devs.specs()] });
 
     // Realize happened before QMP answered: the server saw the whole setup.
     for (const s of [pasid, plain, noPrefix]) {
@@ -157,12 +127,12 @@ describe('vfio-user device server with QEMU (vfio-user-pci, TCG)', function () {
   });
 
   it('device_add connects, device_del closes the session, device_add on the same socket handshakes again', async () => {
-    const s = await servers.start(pasidEndpoint);
+    const { server: s, spec } = await devs.add(pasidEndpoint, { id: 'vu0', bus: 'rp0' });
     // An empty root port stays powered off with no guest, so a device hot-added
     // there unplugs without the guest's help (a cold-plugged one would wait for it).
     const desc: MachineDescription = { arch: 'x86_64', machine: { type: 'q35' }, paused: true, globals: [NATIVE_PCIE_HOTPLUG], devices: rootPorts(1) };
     const m = await machines.launch(desc);
-    await m.qmp.deviceAdd(vfioUserDevice('vu0', 'rp0', s.socketPath));
+    await m.qmp.deviceAdd(spec);
     await s.waitForHandshake(5000);
     expect(s.sessionActive).to.equal(true);
     expect(await m.qmp.qomGet('/machine/peripheral/vu0', 'type')).to.equal('vfio-user-pci');
@@ -172,7 +142,7 @@ describe('vfio-user device server with QEMU (vfio-user-pci, TCG)', function () {
     expect(end.reason, 'QEMU closed the socket').to.equal('peer-closed');
     expect(s.sessionActive).to.equal(false);
 
-    await m.qmp.deviceAdd(vfioUserDevice('vu0', 'rp0', s.socketPath));
+    await m.qmp.deviceAdd(spec);
     await s.waitForHandshake(5000);
     expect(s.stats.versionHandshakes).to.equal(2);
     expect(s.stats.refusedConnections).to.equal(0);
@@ -182,7 +152,7 @@ describe('vfio-user device server with QEMU (vfio-user-pci, TCG)', function () {
   });
 
   it('with memfd-backed RAM (an fd with every DMA_MAP) the server holds no new fds', async () => {
-    const s = await servers.start(pasidEndpoint);
+    const { server: s } = await devs.add(pasidEndpoint, { id: 'vu0', bus: 'rp0' });
     const fdsBefore = readdirSync('/proc/self/fd').length;
     const m = await machines.launch({
       arch: 'x86_64',
@@ -190,7 +160,7 @@ describe('vfio-user device server with QEMU (vfio-user-pci, TCG)', function () {
       memoryMB: 256,
       paused: true,
       objects: [{ 'qom-type': 'memory-backend-memfd', id: 'ram0', size: 256 << 20, share: true }],
-      devices: [...rootPorts(1), vfioUserDevice('vu0', 'rp0', s.socketPath)],
+      devices: [...rootPorts(1), ...devs.specs()],
     });
     await s.waitForHandshake(5000);
     expect(s.stats.dmaMaps).to.be.greaterThan(0);
