@@ -93,6 +93,7 @@ describe('vfio-user device server with QEMU (vfio-user-pci, TCG)', function () {
       expect(s.stats.errorReplies).to.equal(0);
     }
     expect(pasid.stats.dmaMapBytes, 'at least the 256 MB of RAM').to.be.at.least(256 << 20);
+    expect(m.stderrTail(), 'QEMU printed no warning (e.g. "spurious capabilities")').to.equal('');
 
     const found = await untilEnumerated(m, ['vu0', 'vu1', 'vu2'], 30_000);
     const vu0 = found.get('vu0')!;
