@@ -58,7 +58,11 @@ export class VfioUserDevices {
     return a;
   }
 
-  /** Closes every server and removes the private directory. Idempotent. */
+  /**
+   * Closes every server and removes the private directory. Idempotent. Call it
+   * after QEMU has exited: with its server gone QEMU 11.1.3 aborts at the next
+   * DMA map ("vfio: DMA mapping failed, unable to continue").
+   */
   async close(): Promise<void> {
     for (const a of this.attached.splice(0)) await a.server.close();
     if (this.dir) rmSync(this.dir, { recursive: true, force: true });

@@ -170,4 +170,17 @@ describe('vfio-user device server with QEMU (vfio-user-pci, TCG)', function () {
     const fdsAfter = readdirSync('/proc/self/fd').length;
     expect(fdsAfter, `fds before QEMU ${fdsBefore}, after ${fdsAfter}`).to.be.at.most(fdsBefore);
   });
+
+  it('the server must outlive QEMU: closed under a running machine, QEMU aborts at its next DMA map', async () => {
+    const { server: s } = await devs.add(pasidEndpoint, { id: 'vu0', bus: 'rp0' });
+    const m = await machines.launch({ arch: 'x86_64', machine: { type: 'q35' }, memoryMB: 256, paused: true, devices: [...rootPorts(1), ...devs.specs()] });
+    await s.waitForHandshake(5000);
+    await devs.close();
+    expect((await m.qmp.queryStatus()).status, 'nothing happens while no DMA mapping changes').to.equal('prelaunch');
+    // The firmware reprograms the PAM registers at once, which remaps RAM for DMA.
+    await m.qmp.execute('cont').catch(() => {});
+    const exit = await m.waitExit(20_000);
+    expect(exit.signal).to.equal('SIGABRT');
+    expect(m.stderrTail(200)).to.include('failed to read header: EOF').and.include('vfio: DMA mapping failed, unable to continue');
+  });
 });
