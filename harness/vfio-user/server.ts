@@ -312,7 +312,8 @@ class Session {
     if (this.ended) return;
     this.ended = true;
     if (!this.sock.destroyed) {
-      if (reason === 'unframeable') this.sock.end();
+      // After an unframeable header, let the error reply out first.
+      if (reason === 'unframeable') this.sock.end(() => this.sock.destroy());
       else this.sock.destroy();
     }
     this.srv.sessionEnded(this, { reason, ...(detail ? { detail } : {}), requests: this.requests });

@@ -259,6 +259,31 @@ describe('vfio-user server', function () {
     expect(existsSync(server.socketPath)).to.equal(false);
   });
 
+  it('survives random well-framed messages: every request without No_reply is answered, then QEMU-like use goes on', async () => {
+    await handshake();
+    let seed = 0x6d2b79f5;
+    const rand = (n: number): number => {
+      // mulberry32: a fixed seed, so a failure can be replayed.
+      seed = (seed + 0x6d2b79f5) | 0;
+      let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+      return ((t ^ (t >>> 14)) >>> 0) % n;
+    };
+    const answered: Array<Promise<unknown>> = [];
+    for (let i = 0; i < 2000; i++) {
+      const command = rand(20);
+      const payload = Buffer.from(Array.from({ length: rand(48) }, () => rand(256)));
+      if (command === Command.DEVICE_RESET || command === Command.VERSION) continue; // valid either way; keep the device and session as they are
+      if (rand(4) === 0) client.post(command, payload);
+      else answered.push(client.request(command, payload));
+    }
+    await Promise.all(answered);
+    expect(client.closed).to.equal(false);
+    const r = await client.request(Command.REGION_READ, regionRead(PciRegion.CONFIG, 0, 4));
+    expect(r.body.readUInt32LE(16)).to.equal(0x00027e57);
+    expect(client.unexpected, 'nothing answered that asked for no reply').to.deep.equal([]);
+  });
+
   it('answers 100,000 pipelined DMA_MAPs, each once', async function () {
     this.timeout(30_000);
     await handshake();
