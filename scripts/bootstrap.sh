@@ -38,6 +38,7 @@ if [ "${HARNESS_SKIP_IMAGES:-}" != 1 ]; then
   [ -x scripts/build-kernel.sh ] && sh scripts/build-kernel.sh
   [ -x scripts/build-initramfs.sh ] && sh scripts/build-initramfs.sh
 fi
+[ -x scripts/build-tools.sh ] && sh scripts/build-tools.sh  # native helpers (iommufd-probe), cached by source hash
 
 # 5. The harness itself (tests and the CLI run as compiled JavaScript).
 npx tsc -p .
