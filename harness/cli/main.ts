@@ -10,7 +10,11 @@ commands:
   qemu info [--json] [--arch x86_64|aarch64] [--qemu PATH]
         the QEMU in use: binary, version, vIOMMU properties and their names
   trace decode FILE [--json] [--formats trace-events-all]
-        QEMU log-backend trace lines as records, one JSON object per line`;
+        QEMU log-backend trace lines as records, one JSON object per line
+  doctor [--json] [--profile PATH|NAME] [--bind] [--hwpt-flags 0x0,0x8,...]
+        what this host offers: KVM, IOMMU (VT-d cap/ecap), iommufd, vfio cdev, the
+        profile's devices (driver, group, PASID/ATS/PRI, iommufd hw info), and each
+        scenario prerequisite with the reason it is met or not`;
 
 export async function runCli(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
@@ -27,6 +31,10 @@ export async function runCli(argv: string[]): Promise<number> {
           return await traceDecode(rest.slice(1));
         }
         break;
+      case 'doctor': {
+        const { doctorCommand } = await import('./doctor.js');
+        return await doctorCommand(rest);
+      }
       case undefined:
       case '-h':
       case '--help':
