@@ -102,7 +102,25 @@ export function upInterfaces(p: HostPaths, devicePath: string): string[] {
   return out;
 }
 
+/**
+ * virtio-9p shares below the device that are mounted (matched by mount tag):
+ * the virtual lab's L1 has its root file system on one, and no block device
+ * shows for it.
+ */
+export function mounted9pShares(p: HostPaths, devicePath: string): string[] {
+  const tags = listDir(devicePath)
+    .filter((n) => /^virtio\d+$/.test(n))
+    .map((n) => readText(join(devicePath, n, 'mount_tag'))?.replace(/\0+$/, ''))
+    .filter((t): t is string => !!t);
+  if (!tags.length) return [];
+  const mounts = parseMountinfo(readText(join(p.proc, 'self', 'mountinfo')) ?? '').filter((m) => m.fsType === '9p');
+  return tags.flatMap((tag) => {
+    const points = mounts.filter((m) => m.source === tag).map((m) => m.mountPoint);
+    return points.length ? [`9p share ${tag} is mounted on ${points.join(', ')}`] : [];
+  });
+}
+
 /** Every reason the host is using the device; [] when it may be taken. */
 export function deviceInUse(p: HostPaths, devicePath: string): string[] {
-  return [...mountedBlockUses(p, devicePath), ...upInterfaces(p, devicePath)];
+  return [...mountedBlockUses(p, devicePath), ...mounted9pShares(p, devicePath), ...upInterfaces(p, devicePath)];
 }

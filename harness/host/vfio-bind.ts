@@ -81,8 +81,13 @@ type JournalEntry =
   | { op: 'bind'; bdf: string; originalDriver: string | null; originalOverride: string | null; pid: number; start?: string; time: string }
   | { op: 'restored'; bdf: string; pid: number; time: string };
 
+/**
+ * $HARNESS_VFIO_JOURNAL, else $HARNESS_CACHE_DIR/vfio-journal.jsonl. Inside the
+ * virtual lab the cache is on a read-only share: point the variable at tmpfs
+ * there (a binding does not outlive L1 either).
+ */
 export function defaultJournalPath(): string {
-  return join(cacheDir(), 'vfio-journal.jsonl');
+  return process.env.HARNESS_VFIO_JOURNAL || join(cacheDir(), 'vfio-journal.jsonl');
 }
 
 /** Near misses for a BDF typo: existing addresses that differ in one character. */
@@ -249,8 +254,13 @@ export class VfioBinder {
   }
 
   private appendJournal(e: JournalEntry): void {
-    mkdirSync(dirname(this.journal), { recursive: true });
-    const fd = openSync(this.journal, 'a');
+    let fd: number;
+    try {
+      mkdirSync(dirname(this.journal), { recursive: true });
+      fd = openSync(this.journal, 'a');
+    } catch (err) {
+      throw new Error(`cannot write the vfio journal ${this.journal} (set HARNESS_VFIO_JOURNAL to a writable path): ${(err as Error).message}`);
+    }
     try {
       writeSync(fd, `${JSON.stringify(e)}\n`);
       fsyncSync(fd);

@@ -81,6 +81,15 @@ describe('host vfio binding', () => {
       ]);
     });
 
+    it('refuses a virtio-9p function whose share is mounted (the virtual lab root)', () => {
+      fake.addDevice({ bdf: '0000:00:04.0', classCode: 0x000200, driver: 'virtio-pci', group: 7 });
+      fake.add9p('0000:00:04.0', 'rootfs');
+      const p = profileOf(['0000:00:04.0']);
+      expect(refusals(p, ['0000:00:04.0'])).to.deep.equal([]);
+      fake.mount('0:40', 'rootfs', '/', '9p');
+      expect(refusals(p, ['0000:00:04.0'])).to.deep.equal(['0000:00:04.0: in use by the host: 9p share rootfs is mounted on /']);
+    });
+
     it('refuses a device with an up network interface, not a down one', () => {
       fake.addNet(NIC2, 'enp2s0', false);
       expect(refusals(profileOf([NIC2]), [NIC2])).to.deep.equal([]);
@@ -147,6 +156,18 @@ describe('host vfio binding', () => {
     expect([fake.driverOf(NIC), fake.driverOf(NIC2), fake.override(NIC)]).to.deep.equal(['e1000e', 'igb', '(null)']);
     expect(existsSync(join(root, 'dev/vfio/devices/vfio0'))).to.equal(false);
     expect(existsSync(journal), 'journal removed once everything is back').to.equal(false);
+  });
+
+  it('writes nothing when the journal cannot be written, and says which variable moves it', async () => {
+    writeFileSync(join(root, 'not-a-dir'), '');
+    const b = new VfioBinder(profileOf([NIC2]), { paths: fake.paths, writer: fake.writer, journal: join(root, 'not-a-dir', 'journal.jsonl') });
+    const err = await b.bind().then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    );
+    expect(err?.message).to.match(/^cannot write the vfio journal .*not-a-dir\/journal\.jsonl \(set HARNESS_VFIO_JOURNAL to a writable path\): /);
+    expect(fake.writes).to.deep.equal([]);
+    expect(fake.driverOf(NIC2)).to.equal('igb');
   });
 
   it('waits for vfio-dev to appear, within the deadline', async () => {
