@@ -8,11 +8,14 @@ export interface SkippableTest {
 }
 
 export function skipBecause(ctx: Mocha.Context, reason: string): never {
-  const test = (ctx.currentTest ?? ctx.test) as (Mocha.Runnable & SkippableTest) | undefined;
-  if (test) test.skipReason = reason;
-  // In a before() hook mocha skips the whole suite; record the reason on each test.
-  if (test && (test as { type?: string }).type === 'hook' && test.parent) {
-    for (const t of allTests(test.parent)) (t as Mocha.Test & SkippableTest).skipReason ??= reason;
+  const running = ctx.test as (Mocha.Runnable & { type?: string }) | undefined;
+  if (running?.type === 'hook' && running.parent) {
+    // In a before() hook mocha skips the whole suite: every test in it (and in
+    // nested suites) gets the reason. (ctx.currentTest there is only the first.)
+    for (const t of allTests(running.parent)) (t as Mocha.Test & SkippableTest).skipReason ??= reason;
+  } else {
+    const test = (ctx.currentTest ?? running) as (Mocha.Runnable & SkippableTest) | undefined;
+    if (test) test.skipReason = reason;
   }
   ctx.skip();
 }
