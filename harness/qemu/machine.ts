@@ -8,7 +8,7 @@ import { QmpConnection } from '../qmp/protocol.js';
 import { Transcript } from '../qmp/transcript.js';
 import { UnixListener } from '../qmp/transport.js';
 import { withDeadline, DeadlineError } from '../util/deadline.js';
-import { artifactsRoot } from '../util/paths.js';
+import { runArtifactsDir } from '../util/paths.js';
 import { buildArgv, type MachineDescription } from './argv.js';
 import { findQemu, type QemuBinary } from './binary.js';
 import { ChardevStream } from './chardev.js';
@@ -104,7 +104,7 @@ export class Machine {
   static async launch(desc: MachineDescription, opts: LaunchOptions = {}): Promise<Machine> {
     const binary = opts.binary ?? findQemu(desc.arch);
     const name = opts.name ?? `${desc.arch}-${desc.machine.type}`;
-    const artifactsDir = opts.artifactsDir ?? join(artifactsRoot(), 'machines', `${name}-${process.pid}-${++machineCount}`);
+    const artifactsDir = opts.artifactsDir ?? join(runArtifactsDir(), 'machines', `${name}-${process.pid}-${++machineCount}`);
     mkdirSync(artifactsDir, { recursive: true });
     // Sockets live in a private 0700 directory; each is chmod 0600 as well.
     const tmp = await tmpDir({ prefix: 'harness-qemu-', unsafeCleanup: true, mode: 0o700 });

@@ -1,7 +1,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import Mocha from 'mocha';
-import { artifactsRoot } from '../util/paths.js';
+import { artifactsRoot, runArtifactsDir } from '../util/paths.js';
 import { junitXml, summaryText, type TestResult } from './junit.js';
 import type { SkippableTest } from './skip.js';
 
@@ -44,12 +44,18 @@ export default class HarnessReporter extends Mocha.reporters.Spec {
     runner.once(Mocha.Runner.constants.EVENT_RUN_END, () => {
       const path = process.env.HARNESS_JUNIT ?? join(artifactsRoot(), 'junit.xml');
       mkdirSync(dirname(path), { recursive: true });
-      writeFileSync(path, junitXml(this.results));
+      const xml = junitXml(this.results);
+      writeFileSync(path, xml);
+      // The run's folder keeps its own copy (artifacts/junit.xml is the latest run's).
+      if (!process.env.HARNESS_JUNIT) {
+        mkdirSync(runArtifactsDir(), { recursive: true });
+        writeFileSync(join(runArtifactsDir(), 'junit.xml'), xml);
+      }
       // Machine-readable results, for a run inside the virtual lab's L1 whose
       // results the L0 run merges into its own report.
       if (process.env.HARNESS_RESULTS_JSON) writeFileSync(process.env.HARNESS_RESULTS_JSON, JSON.stringify(this.results, null, 1));
       // After mocha's own epilogue (printed on the same event, just before us).
-      setImmediate(() => console.log(`\n${summaryText(this.results)}\nJUnit: ${path}`));
+      setImmediate(() => console.log(`\n${summaryText(this.results)}\nJUnit: ${path}\nArtifacts: ${runArtifactsDir()}`));
     });
   }
 }

@@ -1,22 +1,22 @@
+import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { MachineDescription } from '../qemu/argv.js';
 import { Machine, type LaunchOptions } from '../qemu/machine.js';
 import type { WithArtifacts } from '../report/mocha-reporter.js';
-import { artifactsRoot } from '../util/paths.js';
+import { runArtifactsDir } from '../util/paths.js';
 
-const slug = (s: string): string =>
-  s
-    .toLowerCase()
-    .replace(/[^a-z0-9.+-]+/g, '-')
-    .replace(/^-+|-+$/g, '')
-    .slice(0, 80) || 'test';
+/** A folder name for a title; long titles keep a hash of the whole so two never share a folder. */
+const slug = (s: string): string => {
+  const base = s.toLowerCase().replace(/[^a-z0-9.+-]+/g, '-').replace(/^-+|-+$/g, '') || 'test';
+  return base.length <= 80 ? base : `${base.slice(0, 71)}-${createHash('sha1').update(s).digest('hex').slice(0, 8)}`;
+};
 
 /** artifacts/tests/<suite>/<test>: one folder per test, named after it. */
 export function testArtifactsDir(test: Mocha.Runnable): string {
   const parts: string[] = [];
   for (let s = test.parent; s && !s.root; s = s.parent) parts.unshift(slug(s.title));
-  return join(artifactsRoot(), 'tests', ...parts, slug(test.title));
+  return join(runArtifactsDir(), 'tests', ...parts, slug(test.title));
 }
 
 /**

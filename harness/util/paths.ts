@@ -20,7 +20,22 @@ export function cacheDir(): string {
   return join(env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'viommu-harness');
 }
 
-/** Where a run's artifacts go: one folder per test below it. */
+/** The artifacts tree: every run's folder, the latest JUnit, bench results. */
 export function artifactsRoot(): string {
   return process.env.HARNESS_ARTIFACTS ?? join(repoRoot, 'artifacts');
+}
+
+let runDir: string | undefined;
+
+/**
+ * This run's own folder, artifacts/runs/<UTC time>-<pid>: runs never clean or
+ * overwrite each other's artifacts, even when two run at once in one checkout.
+ * artifacts/latest points at the newest.
+ */
+export function runArtifactsDir(): string {
+  if (!runDir) {
+    const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '').replace('T', '-');
+    runDir = join(artifactsRoot(), 'runs', `${stamp}-${process.pid}`);
+  }
+  return runDir;
 }

@@ -31,7 +31,8 @@ sid_apt_opts() {
     -o "Debug::NoLocking=1"
 }
 sid_apt_init() {
-  mkdir -p "$sid_apt_root/state" "$sid_apt_root/lists/partial" "$sid_apt_root/cache/archives/partial"
+  # Empty folders for the parts apt would otherwise read from /etc/apt.
+  mkdir -p "$sid_apt_root/state" "$sid_apt_root/lists/partial" "$sid_apt_root/cache/archives/partial" "$sid_apt_root/no-parts"
   : > "$sid_apt_root/state/status"
   echo "deb $DEBIAN_MIRROR sid main" > "$sid_apt_root/sources.list"
   # The lists are refreshed at most once an hour: installs stay fast and
