@@ -1,6 +1,8 @@
 import { existsSync } from 'node:fs';
 import { devicesWithRole, loadProfile, profileFromEnv, type DeviceRole, type HostProfile, type ProfileDevice } from '../host/profile.js';
 import { VfioBinder, type BoundDevice } from '../host/vfio-bind.js';
+import { probeHwptAlloc, readHwInfo, type HwInfo } from '../host/hwinfo.js';
+import { hostPrerequisites, probeHost, type HostPrerequisites, type PrerequisiteName } from '../host/report.js';
 import { skipBecause } from '../report/skip.js';
 import { KprobeSession } from '../trace/kprobes.js';
 import type { HostCaps } from '../trace/oracle.js';
@@ -19,6 +21,8 @@ export class LabHost {
     /** Undefined where kprobes cannot be set (with `kprobesUnavailable` saying why). */
     readonly kprobes: KprobeSession | undefined,
     readonly kprobesUnavailable: string | undefined,
+    /** What this host can do, each with the exact reason (harness doctor's view). */
+    readonly prerequisites: HostPrerequisites,
   ) {}
 
   /** Why no lab suite can run on this host, or undefined. */
@@ -50,7 +54,39 @@ export class LabHost {
         kprobesUnavailable = (e as Error).message;
       }
     }
-    return new LabHost(profile, binder, bound, kprobes, kprobesUnavailable);
+    const prerequisites = hostPrerequisites(await probeHost({ profile }));
+    return new LabHost(profile, binder, bound, kprobes, kprobesUnavailable, prerequisites);
+  }
+
+  /** Skips the current test unless the host meets `name`, with the doctor's exact reason. */
+  require(ctx: Mocha.Context, name: PrerequisiteName): void {
+    const p = this.prerequisites[name];
+    if (!p.ok) skipBecause(ctx, p.reason);
+  }
+
+  /** IOMMU_GET_HW_INFO of a bound device, or a skip saying why it cannot be read. */
+  async hwInfo(ctx: Mocha.Context, cdev: string): Promise<HwInfo> {
+    const r = await readHwInfo(cdev);
+    if (!r.ok) return skipBecause(ctx, `no hw info for ${cdev}: ${r.reason}`);
+    return r.value;
+  }
+
+  /** The oracle's host capabilities for a device, from its hw info. */
+  async hostCaps(ctx: Mocha.Context, cdev: string): Promise<HostCaps> {
+    const info = await this.hwInfo(ctx, cdev);
+    return { dirtyTracking: (info.outCapabilities & 0x1) !== 0, maxPasidLog2: info.outMaxPasidLog2 };
+  }
+
+  /**
+   * The kernel's own answer to IOMMU_HWPT_ALLOC with `flags` for this device,
+   * asked directly (no QEMU): 0 or a negative errno. It is what QEMU must get
+   * back for the same request.
+   */
+  async kernelAnswer(ctx: Mocha.Context, cdev: string, flags: number): Promise<{ ok: boolean; errno?: string }> {
+    const r = await probeHwptAlloc(cdev, [flags]);
+    if (!r.ok) return skipBecause(ctx, `cannot ask the kernel directly for flags 0x${flags.toString(16)}: ${r.reason}`);
+    const res = r.value.results[0]!;
+    return res.ok ? { ok: true } : { ok: false, ...(res.errno ? { errno: res.errno } : {}) };
   }
 
   /** The first profile device with `role`, or a skip naming the missing role. */

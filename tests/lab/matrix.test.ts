@@ -1,0 +1,170 @@
+import * as chai from 'chai';
+import { expect } from 'chai';
+import { join } from 'node:path';
+import { bootGuest } from '../../harness/guest/boot.js';
+import { findGuestImage } from '../../harness/guest/image.js';
+import { guestPciFunctionsWithPasid } from '../../harness/lab/guest-pasid.js';
+import { LabHost } from '../../harness/lab/lab-host.js';
+import { formatsFor, iommufdModel, iommufdModelOf, l2Description, oracleViommu, spareRootPort, vfioPciDevice, type L2Spec } from '../../harness/lab/l2.js';
+import type { DeviceRole } from '../../harness/host/profile.js';
+import { errnoValue, HWPT_ALLOC_FLAGS } from '../../harness/trace/flags.js';
+import { LaunchError, type Machine } from '../../harness/qemu/machine.js';
+import { QmpCommandError } from '../../harness/qmp/errors.js';
+import { skipBecause } from '../../harness/report/skip.js';
+import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
+import type { IommufdModel } from '../../harness/trace/model.js';
+import { expectHwpt, type HwptExpectation } from '../../harness/trace/oracle.js';
+import { useMachines } from '../../harness/testing/fixtures.js';
+import { loadConfig, type ViommuConfig } from '../../harness/viommu/configs.js';
+import { probeArch } from '../../harness/viommu/probe.js';
+
+chai.use(iommufdAssertions);
+
+/**
+ * The patch series' scenarios as a matrix (kselftest FIXTURE_VARIANT style):
+ * each row is a vIOMMU config and the role of the passthrough device, and
+ * every row runs the same checks. The oracle computes the flags QEMU must
+ * request from the config and the device's own IOMMU_GET_HW_INFO; the kernel's
+ * answer to QEMU must equal its answer to the same request made directly.
+ * What a host cannot do (no nesting, no PASID device, no KVM, another IOMMU)
+ * skips with the doctor's exact reason.
+ */
+interface Variant {
+  config: string;
+  role: DeviceRole;
+}
+
+export const MATRIX: readonly Variant[] = [
+  { config: 'no-viommu-q35', role: 'no-pasid' },
+  { config: 'no-viommu-q35', role: 'pasid' },
+  { config: 'intel-iommu-scalable-pasid', role: 'pasid' },
+  { config: 'intel-iommu-scalable-fsts', role: 'no-pasid' },
+  { config: 'intel-iommu-scalable-fsts', role: 'pasid' },
+  { config: 'intel-iommu-scalable-fsts-pasid', role: 'no-pasid' },
+  { config: 'intel-iommu-scalable-fsts-pasid', role: 'pasid' },
+  { config: 'arm-smmuv3-accel', role: 'no-pasid' },
+  { config: 'arm-smmuv3-accel-ssid', role: 'pasid' },
+];
+
+const platformOf = (c: ViommuConfig): 'vtd' | 'smmuv3' | undefined =>
+  c.viommu?.driver === 'intel-iommu' ? 'vtd' : c.viommu?.driver === 'arm-smmuv3' ? 'smmuv3' : undefined;
+
+describe('series scenarios: vIOMMU config × device role', function () {
+  this.timeout(600_000);
+  let host: LabHost;
+  before(async function () {
+    host = await LabHost.open(this);
+  });
+  after(() => host?.close());
+
+  for (const v of MATRIX) {
+    describe(`${v.config} × ${v.role} device`, function () {
+      const machines = useMachines();
+      const config = loadConfig(v.config);
+      let dev: { bdf: string; cdev: string };
+      let oracle: HwptExpectation;
+      /** The kernel's answer to the oracle's parent flags, asked directly. */
+      let direct: { ok: boolean; errno?: string };
+
+      before(async function () {
+        const platform = platformOf(config);
+        if (platform && platform !== host.profile.platform) {
+          skipBecause(this, `${v.config} needs an ${platform} host; host profile ${host.profile.name} is ${host.profile.platform}`);
+        }
+        if (config.requires?.includes('kvm')) host.require(this, 'kvm');
+        dev = host.device(this, v.role);
+        oracle = expectHwpt(oracleViommu(config), await host.hostCaps(this, dev.cdev));
+        direct = await host.kernelAnswer(this, dev.cdev, oracle.parent!.flags);
+      });
+      beforeEach(() => host.kprobes?.clear());
+
+      const spec = (): L2Spec => ({ config, devices: [{ bdf: dev.bdf, id: 'hostdev0' }] });
+      async function launch(s: L2Spec): Promise<Machine> {
+        const desc = l2Description(s, await probeArch(config.arch));
+        if (config.requires?.includes('kvm')) desc.accel = 'kvm';
+        return machines.launch(desc, { name: 'l2' });
+      }
+      /** Cold-plug; a failed launch is a result too (its trace is in its artifacts). */
+      async function coldPlug(): Promise<{ model: IommufdModel; machine?: Machine; error?: LaunchError }> {
+        const kernel = () => host.kprobes?.collect() ?? [];
+        try {
+          const machine = await launch(spec());
+          return { model: await iommufdModel(machine, kernel()), machine };
+        } catch (e) {
+          if (!(e instanceof LaunchError)) throw e;
+          const formats = await formatsFor((await probeArch(config.arch)).binary.traceEventsAll);
+          return { model: await iommufdModelOf(join(e.artifactsDir, 'trace.log'), formats, kernel()), error: e };
+        }
+      }
+
+      it('QEMU requests the parent-HWPT flags the oracle computes from the config and the device’s hw info', async () => {
+        const { model } = await coldPlug();
+        expect(model).to.have.requestedPerOracle(oracle, { devId: model.devIdOf(dev.bdf)! });
+      });
+
+      it('the kernel answers QEMU as it answers the same request made directly, and QEMU acts on it', async () => {
+        const { model, error } = await coldPlug();
+        const req = model.hwptAllocs.find((h) => h.devId === model.devIdOf(dev.bdf) && h.ptKind !== 'hwpt');
+        expect(req, 'an HWPT request for the device').to.not.equal(undefined);
+        if (req!.kernel) {
+          expect(req!.kernel.fields.ret, 'kernel answer (kprobe)').to.equal(direct.ok ? 0 : errnoValue(direct.errno!));
+        }
+        if (direct.ok) {
+          expect(error, error?.message).to.equal(undefined);
+          expect(model).to.have.attached({ pasid: 0, name: dev.bdf });
+        } else {
+          expect(error, 'the launch must fail when the kernel refuses').to.be.instanceOf(LaunchError);
+          expect(error!.stderr).to.include(`vfio ${dev.bdf}: Failed to allocate hwpt`);
+          expect(model).to.have.freedEverything();
+        }
+      });
+
+      it('hot-plug and unplug, 3 cycles: each HWPT freed, or each refusal typed with nothing left allocated', async function () {
+        if (config.viommu?.driver === 'arm-smmuv3') skipBecause(this, 'arm-smmuv3 accel=on with auto properties needs a cold-plugged vfio device; hot-plug is covered cold-plugged');
+        const s: L2Spec = { config, spareRootPorts: 1 };
+        const m = await launch(s);
+        for (let i = 0; i < 3; i++) {
+          const add = m.qmp.deviceAdd(vfioPciDevice({ bdf: dev.bdf, id: `hp${i}` }, spareRootPort(s)) as never);
+          if (direct.ok) {
+            await add;
+            await m.qmp.deviceDel(`hp${i}`, 10_000);
+          } else {
+            const err = await add.catch((e: unknown) => e);
+            expect(err).to.be.instanceOf(QmpCommandError);
+            expect((err as QmpCommandError).desc).to.include('Failed to allocate hwpt');
+          }
+        }
+        const model = await iommufdModel(m, host.kprobes?.collect() ?? []);
+        expect(model.hwptAllocs.filter((h) => h.ptKind !== 'hwpt')).to.have.length(3);
+        expect(model).to.have.freedEverything();
+      });
+
+      if (config.viommu?.driver === 'intel-iommu' && config.viommu.features.fsts) {
+        it('a nested stage-1 HWPT (VTD_S1) appears once the guest programs a first-stage PASID entry; PASID cap synthesized when asked', async function () {
+          host.require(this, 'nesting');
+          const image = findGuestImage('x86_64');
+          if (!image.ok) skipBecause(this, image.reason);
+          const probe = await probeArch('x86_64');
+          const desc = l2Description(spec(), probe);
+          const guest = await bootGuest((d) => machines.launch(d, { name: 'l2-guest' }), {
+            image: image.image,
+            intelIommu: false, // the config's own vIOMMU is in desc.devices
+            memoryMB: 512,
+            devices: desc.devices!,
+            globals: desc.globals ?? [],
+            objects: desc.objects ?? [],
+            trace: desc.trace ?? [],
+          });
+          const model = await iommufdModel(guest.machine, host.kprobes?.collect() ?? []);
+          const nested = model.hwptAllocs.filter((h) => h.ptKind === 'hwpt');
+          expect(nested.length, 'nested HWPT requests').to.be.greaterThan(0);
+          expect(nested[0]).to.include({ flags: oracle.nested!.flags, hwptType: oracle.nested!.hwptType, len: oracle.nested!.len });
+          const wantsPasidCap = Number(config.viommu!.features.pasidBits ?? 0) > 0 && (oracle.parent!.flags & HWPT_ALLOC_FLAGS.PASID) !== 0;
+          const withPasid = await guestPciFunctionsWithPasid(guest.agent);
+          if (wantsPasidCap) expect(withPasid.map((f) => f.offset), 'synthesized PASID capability offsets').to.include(0xff8);
+          else expect(withPasid, 'no PASID capability without pasid-bits or a PASID-capable device').to.deep.equal([]);
+        });
+      }
+    });
+  }
+});
