@@ -4,7 +4,8 @@ import { runCommand } from './run.js';
 const usage = `usage: harness <command> [options]
 
 commands:
-  run [--suite NAME]... [--grep TEXT] [--junit PATH] [--qemu-x86_64 PATH] [--qemu-aarch64 PATH]
+  run [--suite NAME]... [--grep TEXT] [--junit PATH] [--profile NAME|PATH]
+      [--qemu-x86_64 PATH] [--qemu-aarch64 PATH]
         run the harness's suites (qemu, guest, virtual-lab, lab); exit 0 all ran tests
         passed, 1 a test failed, 125 nothing could run (for git bisect run)
   qemu info [--json] [--arch x86_64|aarch64] [--qemu PATH]

@@ -1,0 +1,51 @@
+import { expect } from 'chai';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { requireQemu } from '../../harness/testing/prereqs.js';
+import { repoRoot } from '../../harness/util/paths.js';
+
+const cli = (args: string[], env: Record<string, string> = {}) =>
+  execa('node', [join(repoRoot, 'dist', 'harness', 'cli.js'), ...args], { reject: false, env: { ...process.env, ...env }, timeout: 120_000 });
+
+describe('harness CLI', function () {
+  this.timeout(180_000);
+
+  it('qemu info --json names the binary, its version and this QEMU’s vIOMMU property names', async function () {
+    await requireQemu(this, 'x86_64');
+    const r = await cli(['qemu', 'info', '--json', '--arch', 'x86_64']);
+    expect(r.exitCode, r.stderr).to.equal(0);
+    const info = JSON.parse(r.stdout);
+    expect(info.version).to.match(/^QEMU emulator version \d+\.\d+\.\d+/);
+    expect(info.viommu['intel-iommu'].features).to.have.all.keys(
+      'scalableMode', 'fsts', 'pasidBits', 'cachingMode', 'deviceIotlb', 'awBits', 'intremap', 'eim', 'svm', 'dmaTranslation',
+    );
+    expect(info.viommu['intel-iommu'].properties[info.viommu['intel-iommu'].features.fsts]).to.have.property('type', 'bool');
+  });
+
+  it('qemu info names a QEMU path that is not QEMU', async () => {
+    const r = await cli(['qemu', 'info', '--arch', 'x86_64', '--qemu', '/bin/true']);
+    expect(r.exitCode).to.equal(1);
+    expect(r.stderr).to.include('/bin/true is not QEMU');
+  });
+
+  it('run exits 125 when nothing could run (git bisect: skip this commit)', async () => {
+    const r = await cli(['run', '--suite', 'qemu', '--grep', 'no test is named like this 7f3a'], { HARNESS_ARTIFACTS: join(tmpdir(), `harness-cli-test-${process.pid}`) });
+    expect(r.exitCode, r.stdout + r.stderr).to.equal(125);
+  });
+
+  it('run stops a bisection (128) on a harness error, naming it', async () => {
+    const r = await cli(['run', '--suite', 'nope']);
+    expect(r.exitCode).to.equal(128);
+    expect(r.stderr).to.include('unknown suite "nope" (known: qemu, guest, virtual-lab, lab)');
+    const p = await cli(['run', '--profile', 'no-such-profile']);
+    expect(p.exitCode).to.equal(128);
+    expect(p.stderr).to.match(/no-such-profile/);
+  });
+
+  it('rejects an unknown command with the usage', async () => {
+    const r = await cli(['frobnicate']);
+    expect(r.exitCode).to.equal(2);
+    expect(r.stderr).to.include('unknown command').and.include('usage: harness');
+  });
+});
