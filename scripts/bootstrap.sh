@@ -30,15 +30,18 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
-# 3. The reference QEMU (skipped when the user points at their own for both arches).
-sh scripts/install-qemu.sh
+# 3. The reference QEMU, unless the user points at their own for both arches.
+if [ -z "${QEMU_X86_64:-}" ] || [ -z "${QEMU_AARCH64:-}" ]; then
+  sh scripts/install-qemu.sh
+fi
 
 # 4. Guest kernel and initramfs (cached by their inputs; ~10 minutes the first time).
 if [ "${HARNESS_SKIP_IMAGES:-}" != 1 ]; then
-  [ -x scripts/build-kernel.sh ] && sh scripts/build-kernel.sh
-  [ -x scripts/build-initramfs.sh ] && sh scripts/build-initramfs.sh
+  sh scripts/build-kernel.sh
+  sh scripts/build-initramfs.sh
 fi
-[ -x scripts/build-tools.sh ] && sh scripts/build-tools.sh  # native helpers (iommufd-probe), cached by source hash
+# Native helpers (iommufd-probe for IOMMU_GET_HW_INFO), cached by source hash.
+sh scripts/build-tools.sh
 
 # 5. The harness itself (tests and the CLI run as compiled JavaScript).
 npx tsc -p .
