@@ -1,20 +1,17 @@
 import * as chai from 'chai';
 import { expect } from 'chai';
-import { join } from 'node:path';
 import { bootGuest } from '../../harness/guest/boot.js';
 import { findGuestImage } from '../../harness/guest/image.js';
 import { guestPciFunctionsWithPasid } from '../../harness/lab/guest-pasid.js';
-import { LabHost } from '../../harness/lab/lab-host.js';
-import { formatsFor, iommufdModel, iommufdModelOf, l2Description, oracleViommu, spareRootPort, vfioPciDevice, type L2Spec } from '../../harness/lab/l2.js';
+import { useLabHost } from '../../harness/lab/fixture.js';
+import { l2Description, oracleViommu, spareRootPort, vfioPciDevice, type L2Spec } from '../../harness/lab/l2.js';
 import type { DeviceRole } from '../../harness/host/profile.js';
 import { errnoValue, HWPT_ALLOC_FLAGS } from '../../harness/trace/flags.js';
-import { LaunchError, type Machine } from '../../harness/qemu/machine.js';
+import { LaunchError } from '../../harness/qemu/machine.js';
 import { QmpCommandError } from '../../harness/qmp/errors.js';
 import { skipBecause } from '../../harness/report/skip.js';
 import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
-import type { IommufdModel } from '../../harness/trace/model.js';
 import { expectHwpt, type HwptExpectation } from '../../harness/trace/oracle.js';
-import { useMachines } from '../../harness/testing/fixtures.js';
 import { loadConfig, type ViommuConfig } from '../../harness/viommu/configs.js';
 import { probeArch } from '../../harness/viommu/probe.js';
 
@@ -51,15 +48,10 @@ const platformOf = (c: ViommuConfig): 'vtd' | 'smmuv3' | undefined =>
 
 describe('series scenarios: vIOMMU config × device role', function () {
   this.timeout(600_000);
-  let host: LabHost;
-  before(async function () {
-    host = await LabHost.open(this);
-  });
-  after(() => host?.close());
+  const lab = useLabHost();
 
   for (const v of MATRIX) {
     describe(`${v.config} × ${v.role} device`, function () {
-      const machines = useMachines();
       const config = loadConfig(v.config);
       let dev: { bdf: string; cdev: string };
       let oracle: HwptExpectation;
@@ -67,6 +59,7 @@ describe('series scenarios: vIOMMU config × device role', function () {
       let direct: { ok: boolean; errno?: string };
 
       before(async function () {
+        const host = lab.host;
         const platform = platformOf(config);
         if (platform && platform !== host.profile.platform) {
           skipBecause(this, `${v.config} needs an ${platform} host; host profile ${host.profile.name} is ${host.profile.platform}`);
@@ -76,26 +69,9 @@ describe('series scenarios: vIOMMU config × device role', function () {
         oracle = expectHwpt(oracleViommu(config), await host.hostCaps(this, dev.cdev));
         direct = await host.kernelAnswer(this, dev.cdev, oracle.parent!.flags);
       });
-      beforeEach(() => host.kprobes?.clear());
 
       const spec = (): L2Spec => ({ config, devices: [{ bdf: dev.bdf, id: 'hostdev0' }] });
-      async function launch(s: L2Spec): Promise<Machine> {
-        const desc = l2Description(s, await probeArch(config.arch));
-        if (config.requires?.includes('kvm')) desc.accel = 'kvm';
-        return machines.launch(desc, { name: 'l2' });
-      }
-      /** Cold-plug; a failed launch is a result too (its trace is in its artifacts). */
-      async function coldPlug(): Promise<{ model: IommufdModel; machine?: Machine; error?: LaunchError }> {
-        const kernel = () => host.kprobes?.collect() ?? [];
-        try {
-          const machine = await launch(spec());
-          return { model: await iommufdModel(machine, kernel()), machine };
-        } catch (e) {
-          if (!(e instanceof LaunchError)) throw e;
-          const formats = await formatsFor((await probeArch(config.arch)).binary.traceEventsAll);
-          return { model: await iommufdModelOf(join(e.artifactsDir, 'trace.log'), formats, kernel()), error: e };
-        }
-      }
+      const coldPlug = () => lab.launch(spec());
 
       it('QEMU requests the parent-HWPT flags the oracle computes from the config and the device’s hw info', async () => {
         const { model } = await coldPlug();
@@ -122,7 +98,7 @@ describe('series scenarios: vIOMMU config × device role', function () {
       it('hot-plug and unplug, 3 cycles: each HWPT freed, or each refusal typed with nothing left allocated', async function () {
         if (config.viommu?.driver === 'arm-smmuv3') skipBecause(this, 'arm-smmuv3 accel=on with auto properties needs a cold-plugged vfio device; hot-plug is covered cold-plugged');
         const s: L2Spec = { config, spareRootPorts: 1 };
-        const m = await launch(s);
+        const m = await lab.launchL2(s);
         for (let i = 0; i < 3; i++) {
           const add = m.qmp.deviceAdd(vfioPciDevice({ bdf: dev.bdf, id: `hp${i}` }, spareRootPort(s)) as never);
           if (direct.ok) {
@@ -134,19 +110,19 @@ describe('series scenarios: vIOMMU config × device role', function () {
             expect((err as QmpCommandError).desc).to.include('Failed to allocate hwpt');
           }
         }
-        const model = await iommufdModel(m, host.kprobes?.collect() ?? []);
+        const model = await lab.model(m);
         expect(model.hwptAllocs.filter((h) => h.ptKind !== 'hwpt')).to.have.length(3);
         expect(model).to.have.freedEverything();
       });
 
       if (config.viommu?.driver === 'intel-iommu' && config.viommu.features.fsts) {
         it('a nested stage-1 HWPT (VTD_S1) appears once the guest programs a first-stage PASID entry; PASID cap synthesized when asked', async function () {
-          host.require(this, 'nesting');
+          lab.host.require(this, 'nesting');
           const image = findGuestImage('x86_64');
           if (!image.ok) skipBecause(this, image.reason);
           const probe = await probeArch('x86_64');
           const desc = l2Description(spec(), probe);
-          const guest = await bootGuest((d) => machines.launch(d, { name: 'l2-guest' }), {
+          const guest = await bootGuest((d) => lab.machines.launch(d, { name: 'l2-guest' }), {
             image: image.image,
             intelIommu: false, // the config's own vIOMMU is in desc.devices
             memoryMB: 512,
@@ -155,7 +131,7 @@ describe('series scenarios: vIOMMU config × device role', function () {
             objects: desc.objects ?? [],
             trace: desc.trace ?? [],
           });
-          const model = await iommufdModel(guest.machine, host.kprobes?.collect() ?? []);
+          const model = await lab.model(guest.machine);
           const nested = model.hwptAllocs.filter((h) => h.ptKind === 'hwpt');
           expect(nested.length, 'nested HWPT requests').to.be.greaterThan(0);
           expect(nested[0]).to.include({ flags: oracle.nested!.flags, hwptType: oracle.nested!.hwptType, len: oracle.nested!.len });

@@ -3,6 +3,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { hostQemuArch, kvmUnavailableReason } from '../../harness/host/kvm.js';
+import { skipBecause } from '../../harness/report/skip.js';
 
 describe('KVM availability', () => {
   const dir = mkdtempSync(join(tmpdir(), 'kvm-test-'));
@@ -24,7 +25,7 @@ describe('KVM availability', () => {
   });
 
   it('on x86 needs vmx or svm (this project’s machines have /dev/kvm without them)', function () {
-    if (hostQemuArch() !== 'x86_64') this.skip();
+    if (hostQemuArch() !== 'x86_64') skipBecause(this, 'the vmx/svm rule is x86-only');
     expect(kvmUnavailableReason('x86_64', devKvm, cpuinfo('pni lm'))).to.match(/no vmx\/svm flag/);
     expect(kvmUnavailableReason('x86_64', devKvm, cpuinfo('pni vmx lm'))).to.equal(undefined);
     expect(kvmUnavailableReason('x86_64', devKvm, cpuinfo('svm'))).to.equal(undefined);
