@@ -1,13 +1,16 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Agent } from '../guest/agent.js';
-import { bootGuest, DEFAULT_INTEL_IOMMU, type BootedGuest } from '../guest/boot.js';
+import { bootGuest, DEFAULT_INTEL_IOMMU, guestDescription, type BootedGuest, type GuestOptions } from '../guest/boot.js';
 import type { GuestImage } from '../guest/image.js';
-import type { DeviceSpec, MachineDescription } from '../qemu/argv.js';
+import type { DeviceSpec, MachineDescription, PropValue } from '../qemu/argv.js';
 import type { Machine } from '../qemu/machine.js';
 import { NATIVE_PCIE_HOTPLUG, rootPorts } from '../qemu/topology.js';
 import type { TestResult } from '../report/junit.js';
 import { cacheDir, repoRoot } from '../util/paths.js';
+import { VfioUserDevices } from '../vfio-user/attach.js';
+import type { DeviceDescription } from '../vfio-user/description.js';
+import { checkVfioUserNeedsCachingMode } from '../vfio-user/preflight.js';
 
 /**
  * The virtual lab: an L1 Linux guest under TCG whose emulated VT-d gives it a
@@ -39,6 +42,63 @@ export const DEFAULT_LAB_DEVICES: LabDevice[] = [
 ];
 
 /**
+ * Synthetic endpoints served over vfio-user from this process (harness/vfio-user):
+ * L1's kernel sees them as real PCIe functions, with the PASID capability no
+ * emulated device has. They take the root ports after the emulated devices.
+ */
+export interface LabVfioUserDevice {
+  /** Short name used in the host profile and as the QEMU id (`lab-NAME`). */
+  name: string;
+  /** A built-in description name or JSON path, or a description. */
+  device: string | DeviceDescription;
+}
+
+export const DEFAULT_VFIO_USER_DEVICES: LabVfioUserDevice[] = [
+  { name: 'pasid-endpoint', device: 'pasid-endpoint' },
+  { name: 'plain-endpoint', device: 'plain-endpoint' },
+  // PASID capability, but DevCap2 without the TLP prefix bits: L1 cannot enable PASID.
+  { name: 'pasid-no-tlp-prefix', device: 'pasid-no-tlp-prefix' },
+];
+
+/**
+ * L1 reserves this many 2 MiB pages at boot (kernel `hugepages=`), so that
+ * an L2's RAM can be hugetlb-backed: L1's VT-d driver then maps it with 2 MiB
+ * leaves, and L0's QEMU sends the vfio-user server one DMA_MAP per 2 MiB
+ * instead of one per 4 KiB page (bench/lab-attach.ts).
+ */
+export const L1_HUGEPAGES = 320;
+
+/** Free 2 MiB pages on this host (in the lab: L1); 0 without hugetlbfs. */
+export function freeHugepages(path = '/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages'): number {
+  try {
+    return Number(readFileSync(path, 'utf8').trim()) || 0;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * An L2 description whose RAM comes from 2 MiB pages of the host it runs on
+ * (memfd hugetlb=on, no hugetlbfs mount needed), when that host has enough
+ * free; otherwise the description unchanged and the reason. With 4 KiB pages
+ * a synthetic device's attach costs L0 one vfio-user DMA_MAP per page (about
+ * 2 per page were seen: 131,000 for a 256 MB L2, 10 s), with 2 MiB pages
+ * about 1,200 (the sub-2 MiB regions below 2 MiB and the BIOS).
+ */
+export function withHugepageRam(desc: MachineDescription, free = freeHugepages()): { desc: MachineDescription; reason?: string } {
+  const mb = desc.memoryMB;
+  if (!mb || mb % 2) return { desc, reason: `L2 memory ${String(mb)} MB is not a whole number of 2 MiB pages` };
+  if (free < mb / 2) return { desc, reason: `${free} free 2 MiB pages here, L2 needs ${mb / 2}` };
+  return {
+    desc: {
+      ...desc,
+      machine: { ...desc.machine, props: { ...desc.machine.props, 'memory-backend': 'l2ram' } },
+      objects: [...(desc.objects ?? []), { 'qom-type': 'memory-backend-memfd', id: 'l2ram', size: mb * 1024 * 1024, hugetlb: true, hugetlbsize: 2 * 1024 * 1024 }],
+    },
+  };
+}
+
+/**
  * L1's PCI address of the Nth lab device: each sits alone behind root port
  * rpN, and firmware numbers the ports' buses in order from 1.
  */
@@ -51,27 +111,67 @@ export interface VirtualLabOptions {
   /** L0 folder shared writable with L1 (its results and artifacts land here). */
   resultsDir: string;
   devices?: LabDevice[];
-  /** Devices added after the lab devices, e.g. vfio-user endpoints (with their own bus). */
+  /** vfio-user endpoints on the root ports after `devices` (default DEFAULT_VFIO_USER_DEVICES; [] for none). */
+  vfioUser?: LabVfioUserDevice[];
+  /** Devices added after the lab devices (each gets one more root port; give them their own bus). */
   extraDevices?: DeviceSpec[];
+  /** L1's intel-iommu (default DEFAULT_INTEL_IOMMU; vfio-user devices need caching-mode on). */
+  intelIommu?: Record<string, PropValue>;
   memoryMB?: number;
+  /** 2 MiB pages L1 reserves at boot (default L1_HUGEPAGES). */
+  hugepages?: number;
   readyTimeoutMs?: number;
+  /** Log lines of the vfio-user servers. */
+  log?: (line: string) => void;
 }
 
-export function virtualLabDescription(o: VirtualLabOptions): { append: string[]; devices: DeviceSpec[]; extraArgs: string[]; globals: MachineDescription['globals'] } {
+/** Folders L1 covers with tmpfs: host paths below them are invisible there. */
+const L1_TMPFS = ['/tmp', '/run', '/var/tmp', '/dev/shm'];
+
+/**
+ * Extra read-only shares so L1 sees the checkout and the cache at the same
+ * paths as L0. The checkout is always shared (a CI clone may live in /tmp);
+ * the cache only when it lies below a folder L1 covers with tmpfs.
+ */
+export function l1Shares(repo = repoRoot, cache = cacheDir()): Array<{ tag: string; path: string }> {
+  const masked = (p: string) => L1_TMPFS.some((t) => p === t || p.startsWith(`${t}/`));
+  return [{ tag: 'repo', path: repo }, ...(masked(cache) ? [{ tag: 'cache', path: cache }] : [])];
+}
+
+/** The root port of the Nth vfio-user device (after the emulated lab devices). */
+export function vfioUserBus(o: Pick<VirtualLabOptions, 'devices'>, n: number): string {
+  return `rp${(o.devices ?? DEFAULT_LAB_DEVICES).length + n}`;
+}
+
+/** `vfioUser` are the -device specs of the running servers, in the order of `o.vfioUser`. */
+export function virtualLabDescription(
+  o: VirtualLabOptions,
+  vfioUser: DeviceSpec[] = [],
+): { append: string[]; devices: DeviceSpec[]; extraArgs: string[]; globals: MachineDescription['globals'] } {
   const devs = o.devices ?? DEFAULT_LAB_DEVICES;
+  const hugepages = o.hugepages ?? L1_HUGEPAGES;
+  const shares = l1Shares();
   return {
-    append: ['harness.root=9p', `harness.results=${L1_RESULTS_MOUNT}`],
+    append: [
+      'harness.root=9p',
+      `harness.results=${L1_RESULTS_MOUNT}`,
+      ...shares.map((x) => `harness.share=${x.tag}:${x.path}`),
+      ...(hugepages > 0 ? [`hugepages=${hugepages}`] : []),
+    ],
     globals: [NATIVE_PCIE_HOTPLUG],
     devices: [
-      ...rootPorts(devs.length + (o.extraDevices?.length ?? 0)),
+      ...rootPorts(devs.length + vfioUser.length + (o.extraDevices?.length ?? 0)),
       ...devs.map((d, i) => ({ ...d.device, id: `lab-${d.name}`, bus: `rp${i}` }) as DeviceSpec),
+      ...vfioUser,
       ...(o.extraDevices ?? []),
       { driver: 'virtio-9p-pci', fsdev: 'hostroot', mount_tag: 'hostroot' },
       { driver: 'virtio-9p-pci', fsdev: 'results', mount_tag: 'results' },
+      ...shares.map((x) => ({ driver: 'virtio-9p-pci', fsdev: x.tag, mount_tag: x.tag })),
     ],
     extraArgs: [
       '-fsdev', 'local,id=hostroot,path=/,security_model=none,readonly=on',
       '-fsdev', `local,id=results,path=${o.resultsDir},security_model=none`,
+      ...shares.flatMap((x) => ['-fsdev', `local,id=${x.tag},path=${x.path},security_model=none,readonly=on`]),
     ],
   };
 }
@@ -89,6 +189,8 @@ export class VirtualLab {
   private constructor(
     readonly guest: BootedGuest,
     readonly options: VirtualLabOptions,
+    /** The vfio-user servers behind L1's synthetic endpoints (their stats: DMA maps, config reads...). */
+    readonly vfioUser: VfioUserDevices,
   ) {}
 
   get machine(): Machine {
@@ -99,24 +201,54 @@ export class VirtualLab {
     return this.guest.agent;
   }
 
+  /**
+   * Starts the vfio-user servers, checks the L1 description (caching mode),
+   * then boots L1. The servers close only once L1's QEMU has exited, however
+   * that happens (stop(), the fixture's shutdown, a crash): with its server
+   * gone first, QEMU aborts at the next DMA map.
+   */
   static async start(launch: (d: MachineDescription) => Promise<Machine>, o: VirtualLabOptions): Promise<VirtualLab> {
     mkdirSync(o.resultsDir, { recursive: true });
-    const d = virtualLabDescription(o);
-    const guest = await bootGuest(
-      launch,
-      {
+    const servers = new VfioUserDevices(o.log ?? (() => {}));
+    let launched: Machine | undefined;
+    try {
+      const vu = o.vfioUser ?? DEFAULT_VFIO_USER_DEVICES;
+      for (const [i, v] of vu.entries()) await servers.add(v.device, { id: `lab-${v.name}`, bus: vfioUserBus(o, i) });
+      const d = virtualLabDescription(o, servers.specs());
+      const guestOptions: GuestOptions = {
         image: o.image,
-        intelIommu: DEFAULT_INTEL_IOMMU,
+        intelIommu: o.intelIommu ?? DEFAULT_INTEL_IOMMU,
         memoryMB: o.memoryMB ?? 3072,
         quiet: true,
         append: d.append,
         devices: d.devices,
         globals: d.globals,
         extraArgs: d.extraArgs,
-      },
-      { readyTimeoutMs: o.readyTimeoutMs ?? 120_000 },
-    );
-    return new VirtualLab(guest, o);
+      };
+      const bad = checkVfioUserNeedsCachingMode(guestDescription(guestOptions));
+      if (bad) throw bad;
+      const guest = await bootGuest(
+        async (desc) => {
+          launched = await launch(desc);
+          // Never before QEMU is gone; the deadline only bounds the watcher.
+          launched.waitExit(24 * 3600_000).then(() => servers.close(), () => {});
+          return launched;
+        },
+        guestOptions,
+        { readyTimeoutMs: o.readyTimeoutMs ?? 120_000 },
+      );
+      return new VirtualLab(guest, o, servers);
+    } catch (e) {
+      // A launched L1 is the launcher's (its fixture shuts it down); the watcher closes the servers after it.
+      if (!launched) await servers.close();
+      throw e;
+    }
+  }
+
+  /** Shuts L1 down, then closes the vfio-user servers (that order; see start()). Idempotent. */
+  async stop(): Promise<void> {
+    await this.machine.shutdown();
+    await this.vfioUser.close();
   }
 
   /** An L1 path on the results share, as seen from L0. */

@@ -45,6 +45,9 @@ describe('host profile', () => {
       ['0000:01:00.0', 'e1000e', 'no-pasid'],
       ['0000:02:00.0', 'igb', 'no-pasid'],
       ['0000:03:00.0', 'edu', 'no-pasid'],
+      ['0000:05:00.0', 'pasid-endpoint', 'pasid'],
+      ['0000:06:00.0', 'plain-endpoint', 'no-pasid'],
+      ['0000:07:00.0', 'pasid-no-tlp-prefix', 'no-pasid'],
     ]);
   });
 

@@ -1,5 +1,6 @@
 import { expect } from 'chai';
 import Mocha from 'mocha';
+import { appendFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { requireGuestImage } from '../../harness/guest/image.js';
 import { VirtualLab, type SuiteRun } from '../../harness/lab/virtual-lab.js';
@@ -25,16 +26,36 @@ describe('virtual lab (L1 under TCG, emulated VT-d)', function () {
     await requireQemu(this, 'x86_64');
     const image = requireGuestImage(this);
     const resultsDir = join(machines.artifactsDir, 'l1');
-    lab = await VirtualLab.start((d) => machines.launch(d, { name: 'l1' }), { image, resultsDir });
+    const vfioUserLog = join(machines.artifactsDir, 'vfio-user.log');
+    lab = await VirtualLab.start((d) => machines.launch(d, { name: 'l1' }), {
+      image,
+      resultsDir,
+      log: (l) => appendFileSync(vfioUserLog, `${l}\n`),
+    });
     run = await lab.runSuites(['lab']);
     const suite = this.test!.parent!;
     for (const r of run.results) suite.addTest(l1Test(r));
+  });
+
+  // L1 first, then its vfio-user servers (QEMU aborts if a server goes first).
+  after(async function () {
+    this.timeout(60_000);
+    await lab?.stop();
   });
 
   it('boots L1 and reaches its agent', function () {
     expect(lab, 'L1').to.not.equal(undefined);
     expect(lab!.guest.agentReadyMs).to.be.a('number');
     console.log(`      L1 agent ready after ${lab!.guest.agentReadyMs} ms; L1 suite run ${run!.durationMs} ms`);
+  });
+
+  it('serves L1 its synthetic vfio-user endpoints: each handshook with L0 QEMU', function () {
+    for (const d of lab!.vfioUser.devices) {
+      const s = d.server.stats;
+      expect(s.versionHandshakes, `${d.id}: VERSION handshakes`).to.be.greaterThan(0);
+      console.log(`      ${d.id}: ${s.requests} requests, ${s.dmaMaps} DMA maps, ${s.errorReplies} error replies`);
+    }
+    expect(lab!.vfioUser.devices.map((d) => d.id)).to.include('lab-pasid-endpoint');
   });
 
   it('runs the lab suites inside L1 and brings their results back', function () {

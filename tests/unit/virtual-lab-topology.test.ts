@@ -1,0 +1,73 @@
+import { expect } from 'chai';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadProfile } from '../../harness/host/profile.js';
+import {
+  DEFAULT_LAB_DEVICES,
+  DEFAULT_VFIO_USER_DEVICES,
+  l1Bdf,
+  VirtualLab,
+  virtualLabDescription,
+  vfioUserBus,
+  withHugepageRam,
+} from '../../harness/lab/virtual-lab.js';
+import type { MachineDescription } from '../../harness/qemu/argv.js';
+import { VfioUserConfigError } from '../../harness/vfio-user/preflight.js';
+
+/** The virtual lab's L1 machine as data: no QEMU is started here. */
+describe('virtual lab topology', () => {
+  const image = { arch: 'x86_64', kernel: '/nonexistent/bzImage', initrd: '/nonexistent/initrd' } as never;
+
+  it('puts the vfio-user endpoints on the root ports after the emulated devices, where the profile expects them', () => {
+    const profile = loadProfile('virtual-lab');
+    const all = [...DEFAULT_LAB_DEVICES.map((d) => d.name), ...DEFAULT_VFIO_USER_DEVICES.map((d) => d.name)];
+    for (const d of profile.devices) {
+      expect(all, `profile device ${d.name}`).to.include(d.name);
+      expect(d.bdf, d.name).to.equal(l1Bdf(all.indexOf(d.name!)));
+    }
+    expect(DEFAULT_VFIO_USER_DEVICES.map((_, i) => vfioUserBus({}, i))).to.deep.equal(['rp4', 'rp5', 'rp6']);
+  });
+
+  it('describes one root port per device, vfio-user specs after the lab devices, and reserves 2 MiB pages', () => {
+    const vu = [{ driver: 'vfio-user-pci', id: 'lab-pasid-endpoint', bus: 'rp4', socket: { type: 'unix', path: '/x.sock' } }];
+    const d = virtualLabDescription({ image, resultsDir: '/r' }, vu);
+    expect(d.devices.filter((x) => x.driver === 'pcie-root-port')).to.have.length(5);
+    expect(d.devices.map((x) => x.id ?? x.driver).slice(5, 10)).to.deep.equal(['lab-e1000e', 'lab-igb', 'lab-edu', 'lab-iommu-testdev', 'lab-pasid-endpoint']);
+    expect(d.append).to.include('hugepages=320');
+    expect(virtualLabDescription({ image, resultsDir: '/r', hugepages: 0 }).append.join(' ')).to.not.include('hugepages');
+  });
+
+  it('refuses an L1 intel-iommu without caching-mode before launching, and closes the servers it started', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vlab-unit-'));
+    const before = new Set(readdirSync(tmpdir()).filter((f) => f.startsWith('harness-vfio-user-')));
+    let launched = false;
+    try {
+      const err = await VirtualLab.start(
+        async () => {
+          launched = true;
+          throw new Error('must not launch');
+        },
+        { image, resultsDir: join(dir, 'results'), intelIommu: { 'scalable-mode': true, 'pasid-bits': 20 } },
+      ).catch((e: unknown) => e);
+      expect(err).to.be.instanceOf(VfioUserConfigError);
+      expect((err as Error).message).to.match(/vfio-user-pci lab-pasid-endpoint, lab-plain-endpoint, lab-pasid-no-tlp-prefix behind intel-iommu needs caching-mode=on, but caching-mode is not set/);
+      expect(launched, 'launch called').to.equal(false);
+      const after = readdirSync(tmpdir()).filter((f) => f.startsWith('harness-vfio-user-') && !before.has(f));
+      expect(after, 'vfio-user socket folders left behind').to.deep.equal([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    expect(existsSync(dir)).to.equal(false);
+  });
+
+  it('backs an L2 with 2 MiB pages only when enough are free, saying why not', () => {
+    const l2: MachineDescription = { arch: 'x86_64', machine: { type: 'q35', props: { 'kernel-irqchip': 'split' } }, memoryMB: 64 };
+    const ok = withHugepageRam(l2, 32);
+    expect(ok.reason).to.equal(undefined);
+    expect(ok.desc.machine.props).to.deep.equal({ 'kernel-irqchip': 'split', 'memory-backend': 'l2ram' });
+    expect(ok.desc.objects).to.deep.equal([{ 'qom-type': 'memory-backend-memfd', id: 'l2ram', size: 64 << 20, hugetlb: true, hugetlbsize: 2 << 20 }]);
+    expect(withHugepageRam(l2, 31)).to.deep.equal({ desc: l2, reason: '31 free 2 MiB pages here, L2 needs 32' });
+    expect(withHugepageRam({ ...l2, memoryMB: 65 }, 100).reason).to.equal('L2 memory 65 MB is not a whole number of 2 MiB pages');
+  });
+});
