@@ -25,6 +25,7 @@ const only = process.argv.slice(2);
 for (const [name, mod, fn] of [
   ['trace-decode', './trace-decode.js', 'benchTraceDecode'],
   ['guest-boot', './guest-boot.js', 'benchGuestBoot'],
+  ['lab-attach', './lab-attach.js', 'benchLabAttach'],
 ] as const) {
   const f = await optional(mod, fn);
   if (f) benches.push([name, f]);
