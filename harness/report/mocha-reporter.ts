@@ -54,8 +54,9 @@ export default class HarnessReporter extends Mocha.reporters.Spec {
       // Machine-readable results, for a run inside the virtual lab's L1 whose
       // results the L0 run merges into its own report.
       if (process.env.HARNESS_RESULTS_JSON) writeFileSync(process.env.HARNESS_RESULTS_JSON, JSON.stringify(this.results, null, 1));
-      // After mocha's own epilogue (printed on the same event, just before us).
-      setImmediate(() => console.log(`\n${summaryText(this.results)}\nJUnit: ${path}\nArtifacts: ${runArtifactsDir()}`));
+      // Mocha's own epilogue was registered first and has printed by now;
+      // synchronous, because with --exit mocha ends the process right after.
+      console.log(`\n${summaryText(this.results)}\nJUnit: ${path}\nArtifacts: ${runArtifactsDir()}`);
     });
   }
 }
