@@ -70,7 +70,7 @@ export async function benchGuestBoot(): Promise<BenchResult> {
     const dir = mkdtempSync(join(tmpdir(), 'bench-l1-'));
     const lab = await VirtualLab.start((d) => Machine.launch(d, { name: 'bench-l1', artifactsDir: join(dir, 'machine') }), { image, resultsDir: join(dir, 'results') });
     l1.push(lab.guest.agentReadyMs);
-    await lab.machine.shutdown();
+    await lab.stop();
     rmSync(dir, { recursive: true, force: true });
   }
   const floor = median(raw);
