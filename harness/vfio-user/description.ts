@@ -37,6 +37,31 @@ export interface PriDescription {
   prgResponsePasidRequired: boolean;
 }
 
+/**
+ * How the function can be reset by software other than DEVICE_RESET (which is
+ * always a full power-on reset). Linux tries, in order: device-specific, ACPI,
+ * FLR, AF FLR, PM (D3hot→D0), bus; the first that the device offers wins. A
+ * secondary bus reset costs L1 hundreds of milliseconds and makes L0 map the
+ * device's DMA space again, so a good endpoint offers one of the first.
+ */
+export interface ResetDescription {
+  /** DevCap bit 28: a write of DevCtl bit 15 (Initiate FLR) resets the function. */
+  flr: boolean;
+  /** PMCSR No_Soft_Reset clear: the D3hot→D0 transition resets the function. Needs pm. */
+  pmSoftReset: boolean;
+  /**
+   * Status bit 0, Immediate Readiness: config requests succeed at any time after
+   * any reset. True of this model (it answers at once), and Linux then skips
+   * the 100 ms it otherwise sleeps after an FLR.
+   */
+  immediateReadiness: boolean;
+}
+
+/** What a description without `reset` gets: FLR, PM soft reset when it has PM, immediate readiness. */
+export function defaultReset(pm: boolean): ResetDescription {
+  return { flr: true, pmSoftReset: pm, immediateReadiness: true };
+}
+
 export interface DeviceDescription {
   /** Short name, used in logs and socket names. */
   name: string;
@@ -58,6 +83,8 @@ export interface DeviceDescription {
     /** DevCap2 bit 21: End-End TLP Prefix Supported. */
     endEndTlpPrefix: boolean;
   };
+  /** Function-level resets offered; a description without it gets `defaultReset(pm)`. */
+  reset?: ResetDescription;
   pasid?: PasidDescription;
   ats?: AtsDescription;
   pri?: PriDescription;
@@ -106,7 +133,7 @@ export function validateDeviceDescription(value: unknown): DeviceDescription {
     return v as Obj;
   }
 
-  only(d, '', ['name', 'vendorId', 'deviceId', 'subsystemVendorId', 'subsystemId', 'revision', 'classCode', 'bars', 'pm', 'msi', 'pcie', 'pasid', 'ats', 'pri']);
+  only(d, '', ['name', 'vendorId', 'deviceId', 'subsystemVendorId', 'subsystemId', 'revision', 'classCode', 'bars', 'pm', 'msi', 'pcie', 'reset', 'pasid', 'ats', 'pri']);
   if (typeof d.name !== 'string' || !/^[a-z0-9][a-z0-9-]*$/.test(d.name)) fail('name', `must be lower-case letters, digits and dashes, got ${show(d.name)}`);
   const out: DeviceDescription = {
     name: d.name as string,
@@ -146,6 +173,14 @@ export function validateDeviceDescription(value: unknown): DeviceDescription {
   out.pcie = { extendedFmtField: bool(pcie, 'extendedFmtField', 'pcie.extendedFmtField'), endEndTlpPrefix: bool(pcie, 'endEndTlpPrefix', 'pcie.endEndTlpPrefix') };
   if (out.pcie.endEndTlpPrefix && !out.pcie.extendedFmtField) {
     fail('pcie.endEndTlpPrefix', 'needs pcie.extendedFmtField (PCIe: a function supporting End-End TLP Prefixes must support the extended Fmt field)');
+  }
+
+  if (d.reset === undefined) out.reset = defaultReset(out.pm);
+  else {
+    const o = object(d.reset, 'reset');
+    only(o, 'reset', ['flr', 'pmSoftReset', 'immediateReadiness']);
+    out.reset = { flr: bool(o, 'flr', 'reset.flr'), pmSoftReset: bool(o, 'pmSoftReset', 'reset.pmSoftReset'), immediateReadiness: bool(o, 'immediateReadiness', 'reset.immediateReadiness') };
+    if (out.reset.pmSoftReset && !out.pm) fail('reset.pmSoftReset', 'needs pm (No_Soft_Reset lives in the Power Management capability)');
   }
 
   if (d.pasid !== undefined) {

@@ -39,6 +39,26 @@ export const ExtCapId = { ATS: 0x0f, PRI: 0x13, PASID: 0x1b } as const;
 /** Offsets inside the PCI Express capability. */
 export const Exp = { FLAGS: 0x02, DEVCAP: 0x04, DEVCTL: 0x08, DEVSTA: 0x0a, LNKCAP: 0x0c, LNKCTL: 0x10, LNKSTA: 0x12, DEVCAP2: 0x24, DEVCTL2: 0x28, LNKCAP2: 0x2c, LNKCTL2: 0x30, SIZEOF: 0x3c } as const;
 export const DEVCAP2_EXT_FMT_FIELD = 1 << 20;
+export const DEVCAP_FLR = 1 << 28;
+export const DEVCTL_INITIATE_FLR = 1 << 15;
+/**
+ * 16-bit registers of the PCI Express capability an FLR leaves alone, with
+ * the bits kept: DevCtl Max_Payload_Size and the Link's controls (PCIe 6.0
+ * sec 6.6.2: an FLR does not reset the Link).
+ */
+const FLR_KEEPS: ReadonlyArray<readonly [number, number]> = [
+  [Exp.DEVCTL, 0x00e0], // Max_Payload_Size
+  [Exp.LNKCTL, 0xffff],
+  [Exp.LNKCTL2, 0xffff],
+];
+export const STATUS_IMMEDIATE_READINESS = 1 << 0;
+/** PMCSR bits: PowerState (1:0) and No_Soft_Reset (3). */
+export const PMCSR_POWER_STATE = 0x0003;
+export const PMCSR_NO_SOFT_RESET = 0x0008;
+export const PM_CTRL = 4;
+
+/** Which reset ran: DEVICE_RESET (power-on), FLR, or the D3hot→D0 soft reset. */
+export type ResetKind = 'device' | 'flr' | 'pm';
 export const DEVCAP2_EE_TLP_PREFIX = 1 << 21;
 
 export interface CapabilityPlacement {
@@ -112,7 +132,9 @@ export class DeviceModel {
   private readonly w1cmask = new Uint8Array(CONFIG_SPACE_SIZE);
   private readonly bars: Array<BarMemory | undefined> = [];
   private pmOffset = 0;
-  private resets = 0;
+  private expOffset = 0;
+  private readonly resetCounts: Record<ResetKind, number> = { device: 0, flr: 0, pm: 0 };
+  private lastFunction: 'flr' | 'pm' | undefined;
 
   constructor(description: DeviceDescription) {
     this.description = validateDeviceDescription(description);
@@ -124,7 +146,8 @@ export class DeviceModel {
     c.writeUInt16LE(d.deviceId, Reg.DEVICE_ID);
     // Memory space, bus master, parity, SERR, INTx disable; no I/O BARs here.
     w.u16(Reg.COMMAND, 0x0546);
-    c.writeUInt16LE(0x0010, Reg.STATUS); // capability list
+    const reset = d.reset!;
+    c.writeUInt16LE(0x0010 | (reset.immediateReadiness ? STATUS_IMMEDIATE_READINESS : 0), Reg.STATUS); // capability list
     w1c16(this.w1cmask, Reg.STATUS, 0xf900);
     c[Reg.REVISION] = d.revision;
     c.writeUIntLE(d.classCode, Reg.CLASS_PROG, 3);
@@ -167,8 +190,9 @@ export class DeviceModel {
       const o = place(CapId.PM, 'Power Management', 8);
       this.pmOffset = o;
       c.writeUInt16LE(0x0003, o + 2); // PMC: version 3, D0 and D3hot only, no PME
-      c.writeUInt16LE(0x0008, o + 4); // PMCSR: D0, No_Soft_Reset
-      w.u16(o + 4, 0x0003);
+      // PMCSR: D0; No_Soft_Reset set means D3hot→D0 keeps all state (no PM reset).
+      c.writeUInt16LE(reset.pmSoftReset ? 0 : PMCSR_NO_SOFT_RESET, o + PM_CTRL);
+      w.u16(o + PM_CTRL, PMCSR_POWER_STATE);
     }
     if (d.msi) {
       const o = place(CapId.MSI, 'MSI', 14);
@@ -180,8 +204,11 @@ export class DeviceModel {
     }
     {
       const o = place(CapId.EXP, 'PCI Express', Exp.SIZEOF);
+      this.expOffset = o;
       c.writeUInt16LE(0x0002, o + Exp.FLAGS); // version 2, PCI Express Endpoint
-      c.writeUInt32LE(0x00008000, o + Exp.DEVCAP); // role-based error reporting, MPS 128
+      // Role-based error reporting, MPS 128. Initiate FLR (DevCtl bit 15) is
+      // not in the write mask: it reads 0 and write() acts on it.
+      c.writeUInt32LE(0x00008000 | (reset.flr ? DEVCAP_FLR : 0), o + Exp.DEVCAP);
       c.writeUInt16LE(0x2810, o + Exp.DEVCTL); // relaxed ordering, no snoop, MRRS 512
       w.u16(o + Exp.DEVCTL, 0x78ff);
       w1c16(this.w1cmask, o + Exp.DEVSTA, 0x000f);
@@ -241,14 +268,46 @@ export class DeviceModel {
 
   /** How many times DEVICE_RESET ran. */
   get resetCount(): number {
-    return this.resets;
+    return this.resetCounts.device;
   }
 
-  /** Back to power-on state: config defaults, BAR memory zero. */
+  /** Resets so far by kind: DEVICE_RESET, FLR, D3hot→D0. */
+  get resets(): Readonly<Record<ResetKind, number>> {
+    return { ...this.resetCounts };
+  }
+
+  /** FLRs and D3hot→D0 soft resets so far. */
+  get functionResetCount(): number {
+    return this.resetCounts.flr + this.resetCounts.pm;
+  }
+
+  /** The kind of the latest FLR or soft reset. */
+  get lastFunctionReset(): 'flr' | 'pm' | undefined {
+    return this.lastFunction;
+  }
+
+  /** DEVICE_RESET: back to power-on state, config defaults, BAR memory zero. */
   reset(): void {
     this.defaults.copy(this.config);
     for (const b of this.bars) b?.clear();
-    this.resets++;
+    this.resetCounts.device++;
+  }
+
+  /**
+   * What software sees after an FLR or a D3hot→D0 soft reset. This model has
+   * no sticky (RWS/RW1CS) bits and no PME context, the things PCI PM keeps
+   * across the soft reset, so that one is the power-on state. An FLR leaves
+   * the Link alone: Max_Payload_Size and the Link Control registers stay
+   * (PCIe 6.0 sec 6.6.2).
+   */
+  private functionReset(kind: 'flr' | 'pm'): void {
+    const cfg = this.config;
+    const kept = kind === 'flr' ? FLR_KEEPS.map(([rel, mask]) => [this.expOffset + rel, mask, cfg.readUInt16LE(this.expOffset + rel) & mask] as const) : [];
+    this.defaults.copy(cfg);
+    for (const [at, mask, v] of kept) cfg.writeUInt16LE(((cfg.readUInt16LE(at) & ~mask) | v) & 0xffff, at);
+    for (const b of this.bars) b?.clear();
+    this.resetCounts[kind]++;
+    this.lastFunction = kind;
   }
 
   /** DEVICE_GET_REGION_INFO for one index; absent regions have size 0, as in Linux's vfio-pci. */
@@ -303,19 +362,34 @@ export class DeviceModel {
       return;
     }
     const cfg = this.config;
-    const pmcsr = this.pmOffset ? this.pmOffset + 4 : -1;
-    const oldPowerState = pmcsr >= 0 ? cfg[pmcsr]! & 3 : 0;
+    const pmcsr = this.pmOffset ? this.pmOffset + PM_CTRL : -1;
+    const oldPowerState = pmcsr >= 0 ? cfg[pmcsr]! & PMCSR_POWER_STATE : 0;
+    const covers = (at: number): boolean => offset <= at && at < offset + count;
+    // Initiate FLR is bit 7 of DevCtl's high byte; it is write-only (reads 0).
+    const flrByte = this.expOffset + Exp.DEVCTL + 1;
+    const flr = this.description.reset!.flr && covers(flrByte) && (src[from + flrByte - offset]! & (DEVCTL_INITIATE_FLR >> 8)) !== 0;
     for (let i = 0; i < count; i++) {
       const o = offset + i;
       const v = src[from + i]!;
       const m = this.wmask[o]!;
       cfg[o] = ((cfg[o]! & ~m) | (v & m)) & ~(v & this.w1cmask[o]!);
     }
-    // D1 and D2 are not supported: the spec says such a write is ignored.
-    if (pmcsr >= 0 && offset <= pmcsr && pmcsr < offset + count) {
-      const s = cfg[pmcsr]! & 3;
-      if (s === 1 || s === 2) cfg[pmcsr] = (cfg[pmcsr]! & ~3) | oldPowerState;
+    if (flr) {
+      this.functionReset('flr');
+      return;
     }
+    if (pmcsr >= 0 && covers(pmcsr)) {
+      const s = cfg[pmcsr]! & PMCSR_POWER_STATE;
+      // D1 and D2 are not supported: the spec says such a write is ignored.
+      if (s === 1 || s === 2) cfg[pmcsr] = (cfg[pmcsr]! & ~PMCSR_POWER_STATE) | oldPowerState;
+      // D3hot→D0 with No_Soft_Reset clear: the function comes back D0uninitialized.
+      else if (s === 0 && oldPowerState === 3 && this.description.reset!.pmSoftReset) this.functionReset('pm');
+    }
+  }
+
+  /** Current power state from PMCSR (0 = D0, 3 = D3hot); 0 without PM. */
+  get powerState(): number {
+    return this.pmOffset ? this.config[this.pmOffset + PM_CTRL]! & PMCSR_POWER_STATE : 0;
   }
 
   /** The capability placed with this id, standard or extended. */

@@ -89,7 +89,10 @@ export interface ServerStats {
   /** Writes with the No_reply flag (never answered). */
   postedWrites: number;
   setIrqs: number;
+  /** DEVICE_RESET messages. */
   resets: number;
+  /** FLRs and D3hot→D0 soft resets the guest started through config writes. */
+  functionResets: number;
   errorReplies: number;
   /** Problems logged without a reply (posted requests, replies we never asked for). */
   unansweredProblems: number;
@@ -153,6 +156,7 @@ class ServerImpl implements VfioUserServer {
     postedWrites: 0,
     setIrqs: 0,
     resets: 0,
+    functionResets: 0,
     errorReplies: 0,
     unansweredProblems: 0,
   };
@@ -413,9 +417,14 @@ class Session {
       case Command.REGION_WRITE: {
         const { region, offset, count } = decodeRegionAccess(buf, at, len, 'REGION_WRITE');
         if (len - REGION_RW_SIZE < count) throw new PayloadError('REGION_WRITE', `count ${count} but only ${len - REGION_RW_SIZE} data bytes`);
+        const before = dev.functionResetCount;
         dev.write(region, offset, buf, at + REGION_RW_SIZE, count);
         if (region === PciRegion.CONFIG) stats.configWrites++;
         else stats.barWrites++;
+        if (dev.functionResetCount !== before) {
+          stats.functionResets++;
+          this.srv.log(`function reset by ${dev.lastFunctionReset === 'flr' ? 'FLR' : 'D3hot→D0'} (#${dev.functionResetCount})`);
+        }
         if (f.flags & Flags.NO_REPLY) {
           stats.postedWrites++;
           return undefined;

@@ -8,13 +8,18 @@ import {
   CapId,
   DEVCAP2_EE_TLP_PREFIX,
   DEVCAP2_EXT_FMT_FIELD,
+  DEVCAP_FLR,
+  DEVCTL_INITIATE_FLR,
   DeviceModel,
   Exp,
   ExtCapId,
   PciIrq,
   PciRegion,
+  PMCSR_NO_SOFT_RESET,
+  PM_CTRL,
   Reg,
   RegionAccessError,
+  STATUS_IMMEDIATE_READINESS,
 } from '../../harness/vfio-user/device-model.js';
 import { deviceDescriptions, loadDeviceDescription, pasidEndpoint, pasidNoTlpPrefix, plainEndpoint } from '../../harness/vfio-user/devices/index.js';
 
@@ -139,7 +144,7 @@ describe('vfio-user device model', () => {
       w32(m, Reg.VENDOR_ID, 0x12345678);
       expect(u32(m, Reg.VENDOR_ID)).to.equal(0x00027e57);
       w16(m, Reg.STATUS, 0xffff);
-      expect(u16(m, Reg.STATUS), 'RW1C error bits clear, capability bit stays').to.equal(0x0010);
+      expect(u16(m, Reg.STATUS), 'RW1C error bits clear, capability and immediate readiness bits stay').to.equal(0x0011);
     });
 
     it('enables PASID with exec and priv, ATS and PRI through their control registers', () => {
@@ -170,7 +175,7 @@ describe('vfio-user device model', () => {
       w16(m, 0x44, 0x0001);
       expect(u16(m, 0x44) & 3, 'D1 ignored').to.equal(3);
       w16(m, 0x44, 0x0000);
-      expect(u16(m, 0x44)).to.equal(0x0008);
+      expect(u16(m, 0x44)).to.equal(0x0000);
     });
 
     it('writes any width at any offset, byte by byte', () => {
@@ -193,6 +198,107 @@ describe('vfio-user device model', () => {
     expect(m.config.equals(pristine)).to.equal(true);
     expect(m.read(2, 0x1234, 5).equals(Buffer.alloc(5))).to.equal(true);
     expect(m.resetCount).to.equal(1);
+  });
+
+  describe('function-level resets', () => {
+    const exp = 0x48;
+    const pmcsr = 0x44;
+    /** Device state a driver leaves behind: BAR address, command, PASID/ATS enables, MPS 256, a link control bit, BAR data. */
+    function dirty(m: DeviceModel): void {
+      w32(m, Reg.BAR0, 0xfe000000);
+      w16(m, Reg.COMMAND, 0x0006);
+      w16(m, 0x106, 0x0007);
+      w16(m, 0x10e, 0x8000);
+      w16(m, exp + Exp.DEVCTL, 0x2830);
+      w16(m, exp + Exp.LNKCTL, 0x0040);
+      m.write(2, 0x1234, Buffer.from('hello'));
+    }
+
+    it('advertises FLR, PM soft reset and immediate readiness on every built-in device', () => {
+      for (const d of Object.values(deviceDescriptions)) {
+        const m = new DeviceModel(d);
+        const e = m.findCapability(CapId.EXP)!.offset;
+        const pm = m.findCapability(CapId.PM)!.offset;
+        expect(u32(m, e + Exp.DEVCAP) & DEVCAP_FLR, `${d.name}: DevCap Function Level Reset`).to.equal(DEVCAP_FLR);
+        expect(u16(m, pm + PM_CTRL) & PMCSR_NO_SOFT_RESET, `${d.name}: No_Soft_Reset`).to.equal(0);
+        expect(u16(m, Reg.STATUS) & STATUS_IMMEDIATE_READINESS, `${d.name}: Immediate Readiness`).to.equal(1);
+      }
+    });
+
+    it('resets the function on Initiate FLR, keeping Max_Payload_Size and Link Control', () => {
+      const m = new DeviceModel(pasidEndpoint);
+      const pristine = Buffer.from(m.config);
+      dirty(m);
+      // pcie_capability_set_word: read DevCtl, OR in bit 15, write the word back.
+      w16(m, exp + Exp.DEVCTL, u16(m, exp + Exp.DEVCTL) | DEVCTL_INITIATE_FLR);
+      expect(m.resets).to.deep.equal({ device: 0, flr: 1, pm: 0 });
+      expect(u16(m, exp + Exp.DEVCTL), 'Initiate FLR reads 0; MPS 256 stays, the rest is default').to.equal((0x2810 & ~0xe0) | 0x20);
+      expect(u16(m, exp + Exp.LNKCTL), 'Link Control stays').to.equal(0x0040);
+      expect(u32(m, Reg.BAR0)).to.equal(0);
+      expect(u16(m, Reg.COMMAND)).to.equal(0);
+      expect(u16(m, 0x106), 'PASID control').to.equal(0);
+      expect(u16(m, 0x10e), 'ATS control').to.equal(0);
+      expect(m.read(2, 0x1234, 5).equals(Buffer.alloc(5)), 'BAR memory').to.equal(true);
+      const diff = [...m.config].flatMap((b, i) => (b === pristine[i] ? [] : [i]));
+      expect(diff, 'only DevCtl MPS and LnkCtl differ from power-on').to.deep.equal([exp + Exp.DEVCTL, exp + Exp.LNKCTL]);
+    });
+
+    it('acts on Initiate FLR in a one-byte write of DevCtl\'s high byte, and ignores it without FLR', () => {
+      const m = new DeviceModel(pasidEndpoint);
+      dirty(m);
+      m.write(CFG, exp + Exp.DEVCTL + 1, Buffer.from([0x80]));
+      expect(m.resets.flr).to.equal(1);
+      expect(u16(m, Reg.COMMAND)).to.equal(0);
+
+      const noFlr = new DeviceModel({ ...pasidEndpoint, reset: { flr: false, pmSoftReset: true, immediateReadiness: true } });
+      expect(u32(noFlr, exp + Exp.DEVCAP) & DEVCAP_FLR).to.equal(0);
+      dirty(noFlr);
+      w16(noFlr, exp + Exp.DEVCTL, 0xa830);
+      expect(noFlr.resets.flr).to.equal(0);
+      expect(u16(noFlr, Reg.COMMAND), 'state stays').to.equal(0x0006);
+      expect(u16(noFlr, exp + Exp.DEVCTL), 'bit 15 is not stored').to.equal(0x2830);
+    });
+
+    it('resets the function on D3hot→D0 with No_Soft_Reset clear, and only then', () => {
+      const m = new DeviceModel(pasidEndpoint);
+      const pristine = Buffer.from(m.config);
+      dirty(m);
+      w16(m, pmcsr, 0x0000);
+      expect(m.resets.pm, 'D0→D0').to.equal(0);
+      w16(m, pmcsr, 0x0003);
+      expect(m.powerState).to.equal(3);
+      w16(m, pmcsr, 0x0003);
+      expect(m.resets.pm, 'D3hot→D3hot').to.equal(0);
+      expect(u16(m, Reg.COMMAND), 'state kept in D3hot').to.equal(0x0006);
+      w16(m, pmcsr, 0x0000);
+      expect(m.resets).to.deep.equal({ device: 0, flr: 0, pm: 1 });
+      expect(m.powerState).to.equal(0);
+      expect(m.config.equals(pristine), 'config is back to power-on, Link Control included').to.equal(true);
+      expect(m.read(2, 0x1234, 5).equals(Buffer.alloc(5))).to.equal(true);
+    });
+
+    it('keeps all state across D3hot→D0 with No_Soft_Reset set', () => {
+      const m = new DeviceModel({ ...pasidEndpoint, reset: { flr: true, pmSoftReset: false, immediateReadiness: false } });
+      expect(u16(m, pmcsr)).to.equal(PMCSR_NO_SOFT_RESET);
+      expect(u16(m, Reg.STATUS) & STATUS_IMMEDIATE_READINESS).to.equal(0);
+      dirty(m);
+      w16(m, pmcsr, 0x0003);
+      w16(m, pmcsr, 0x0000);
+      expect(m.resets.pm).to.equal(0);
+      expect(u16(m, pmcsr)).to.equal(PMCSR_NO_SOFT_RESET);
+      expect(u16(m, Reg.COMMAND)).to.equal(0x0006);
+      expect(u16(m, 0x106)).to.equal(0x0007);
+      expect(m.read(2, 0x1234, 5).toString()).to.equal('hello');
+    });
+
+    it('keeps DEVICE_RESET a full power-on reset, counted apart', () => {
+      const m = new DeviceModel(pasidEndpoint);
+      const pristine = Buffer.from(m.config);
+      dirty(m);
+      m.reset();
+      expect(m.config.equals(pristine)).to.equal(true);
+      expect(m.resets).to.deep.equal({ device: 1, flr: 0, pm: 0 });
+    });
   });
 
   it('backs BARs with memory across page boundaries and refuses accesses outside regions', () => {
@@ -265,6 +371,10 @@ describe('vfio-user device model', () => {
       ['PRI without ATS', (d) => delete d.ats, /^device description "pasid-endpoint": pri needs ats/],
       ['a missing pm', (d) => delete d.pm, /pm must be true or false, got nothing/],
       ['a name with spaces', (d) => (d.name = 'my device'), /name must be lower-case letters/],
+      ['PM soft reset without PM', (d) => (d.pm = false), /reset\.pmSoftReset needs pm/],
+      ['a misspelt reset field', (d) => (d.reset = { flr: true, pmSoftReset: true, immediateReadyness: true }), /reset\.immediateReadyness is not a known field/],
+      ['a reset flag that is no boolean', (d) => (d.reset = { flr: 1, pmSoftReset: true, immediateReadiness: true }), /reset\.flr must be true or false, got 1/],
+      ['a reset missing a flag', (d) => (d.reset = { flr: true, pmSoftReset: true }), /reset\.immediateReadiness must be true or false, got nothing/],
     ];
     for (const [what, mutate, message] of bad) {
       it(`refuses ${what}, naming the field`, () => {
@@ -273,6 +383,15 @@ describe('vfio-user device model', () => {
         expect(() => validateDeviceDescription(d)).to.throw(DeviceDescriptionError, message);
       });
     }
+
+    it('gives a description without reset FLR, immediate readiness and a PM soft reset if it has PM', () => {
+      const { reset: _, ...withoutReset } = plainEndpoint;
+      expect(validateDeviceDescription(withoutReset).reset).to.deep.equal({ flr: true, pmSoftReset: true, immediateReadiness: true });
+      expect(validateDeviceDescription({ ...withoutReset, pm: false }).reset).to.deep.equal({ flr: true, pmSoftReset: false, immediateReadiness: true });
+      const noPm = new DeviceModel({ ...withoutReset, pm: false });
+      expect(noPm.findCapability(CapId.PM)).to.equal(undefined);
+      expect(noPm.powerState).to.equal(0);
+    });
 
     it('loads a description from a JSON file and names the file on a parse error', () => {
       const dir = mkdtempSync(join(tmpdir(), 'vfio-user-desc-'));

@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VfioUserClient, isErrorReply } from '../../harness/vfio-user/client.js';
-import { PciRegion } from '../../harness/vfio-user/device-model.js';
+import { CapId, Exp, PM_CTRL, PciRegion } from '../../harness/vfio-user/device-model.js';
 import { pasidEndpoint } from '../../harness/vfio-user/devices/index.js';
 import {
   Command,
@@ -134,7 +134,7 @@ describe('vfio-user server', function () {
     await handshake();
     const r = await client.request(Command.REGION_READ, regionRead(PciRegion.CONFIG, 0, 8));
     expect(r.body.readUInt32LE(12), 'count echoed').to.equal(8);
-    expect(r.body.subarray(16).toString('hex')).to.equal('577e020000001000');
+    expect(r.body.subarray(16).toString('hex')).to.equal('577e020000001100');
     const w = await client.request(Command.REGION_WRITE, regionWrite(PciRegion.CONFIG, 0x106, Buffer.from([7, 0])));
     expect(w.body.length, 'write reply: offset, region, count').to.equal(16);
     client.post(Command.REGION_WRITE, regionWrite(2, 0x10, Buffer.from('posted')));
@@ -209,6 +209,23 @@ describe('vfio-user server', function () {
     expect(isErrorReply(r)).to.equal(false);
     expect(server.device.config.readUInt16LE(4)).to.equal(0);
     expect(server.stats.resets).to.equal(1);
+  });
+
+  it('resets the function on a config write of Initiate FLR and on D3hot→D0, and counts both apart from DEVICE_RESET', async () => {
+    await handshake();
+    const exp = server.device.findCapability(CapId.EXP)!.offset;
+    const pm = server.device.findCapability(CapId.PM)!.offset;
+    await client.request(Command.REGION_WRITE, regionWrite(PciRegion.CONFIG, 0x4, Buffer.from([6, 0])));
+    await client.request(Command.REGION_WRITE, regionWrite(PciRegion.CONFIG, exp + Exp.DEVCTL, Buffer.from([0x10, 0xa8])));
+    expect(server.device.config.readUInt16LE(4), 'command after FLR').to.equal(0);
+    await client.request(Command.REGION_WRITE, regionWrite(PciRegion.CONFIG, 0x4, Buffer.from([6, 0])));
+    await client.request(Command.REGION_WRITE, regionWrite(PciRegion.CONFIG, pm + PM_CTRL, Buffer.from([3, 0])));
+    expect(server.device.config.readUInt16LE(4), 'command in D3hot').to.equal(6);
+    await client.request(Command.REGION_WRITE, regionWrite(PciRegion.CONFIG, pm + PM_CTRL, Buffer.from([0, 0])));
+    expect(server.device.config.readUInt16LE(4), 'command after D3hot→D0').to.equal(0);
+    expect(server.stats).to.include({ functionResets: 2, resets: 0 });
+    expect(server.device.resets).to.deep.equal({ device: 0, flr: 1, pm: 1 });
+    expect(server.recentLog().filter((l) => l.includes('function reset')).map((l) => l.replace(/^.*?: /, ''))).to.deep.equal(['function reset by FLR (#1)', 'function reset by D3hot→D0 (#2)']);
   });
 
   it('answers an unframeable header with an error, closes the session and takes the next client', async () => {

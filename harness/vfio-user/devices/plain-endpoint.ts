@@ -20,4 +20,8 @@ export const plainEndpoint: DeviceDescription = {
   pm: true,
   msi: false,
   pcie: { extendedFmtField: false, endEndTlpPrefix: false },
+  // L1's vfio-pci resets the function at every open and close: FLR with
+  // immediate readiness costs it a few config accesses, where a secondary
+  // bus reset cost about 200 ms and a full DMA remap in L0 (README, Resets).
+  reset: { flr: true, pmSoftReset: true, immediateReadiness: true },
 };
