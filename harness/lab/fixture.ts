@@ -5,6 +5,7 @@ import type { IommufdModel, KernelRecord } from '../trace/model.js';
 import { probeArch } from '../viommu/probe.js';
 import { LabHost } from './lab-host.js';
 import { formatsFor, iommufdModel, iommufdModelOf, l2Description, type L2Spec } from './l2.js';
+import { withHugepageRam } from './virtual-lab.js';
 
 /** What a launch of L2 left behind: the model of its trace, and the machine or the launch error. */
 export interface L2Outcome {
@@ -43,7 +44,9 @@ export class LabFixture {
   }
 
   async launchL2(spec: L2Spec, name = 'l2'): Promise<Machine> {
-    const desc = l2Description(spec, await probeArch(spec.config.arch));
+    // L2's RAM on 2 MiB pages where the host has them free: the IOMMU then maps
+    // 2 MiB at a time (in the virtual lab, one vfio-user DMA_MAP instead of 512).
+    const { desc } = withHugepageRam(l2Description(spec, await probeArch(spec.config.arch)));
     if (spec.config.requires?.includes('kvm')) desc.accel = 'kvm';
     return this.machines.launch(desc, { name });
   }

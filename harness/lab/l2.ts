@@ -51,7 +51,9 @@ export function l2Description(spec: L2Spec, probe: QemuProbe): MachineDescriptio
   const ports = rootPorts(devices.length + (spec.spareRootPorts ?? 1));
   return describeMachine(spec.config, probe, {
     paused: true,
-    memoryMB: spec.memoryMB ?? 256,
+    // L2 stays paused: 64 MB is plenty, and every page is an IOMMU mapping
+    // (a vfio-user DMA_MAP per page in the virtual lab).
+    memoryMB: spec.memoryMB ?? 64,
     globals: spec.config.arch === 'x86_64' ? [NATIVE_PCIE_HOTPLUG] : [],
     objects: [{ 'qom-type': 'iommufd', id: IOMMUFD_OBJECT_ID }],
     devices: [...ports, ...devices.map((d, i) => vfioPciDevice(d, d.bus ?? `rp${i}`)), ...(spec.extraDevices ?? [])],

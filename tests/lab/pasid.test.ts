@@ -4,23 +4,19 @@ import { execa } from 'execa';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { summarizeVtd } from '../../harness/guest/vtd-regs.js';
-import { readHwInfo, type HwInfo } from '../../harness/host/hwinfo.js';
+import type { HwInfo } from '../../harness/host/hwinfo.js';
 import { readPciConfig, hostPaths } from '../../harness/host/sysfs.js';
 import { summarizeExtCaps } from '../../harness/host/pci-config.js';
 import { profileFromEnv, type ProfileDevice } from '../../harness/host/profile.js';
 import type { HostReport, HostPrerequisites } from '../../harness/host/report.js';
-import { LabHost } from '../../harness/lab/lab-host.js';
-import { formatsFor, iommufdModel, iommufdModelOf, l2Description, oracleViommu, type L2Spec } from '../../harness/lab/l2.js';
-import { withHugepageRam } from '../../harness/lab/virtual-lab.js';
-import { findQemu } from '../../harness/qemu/binary.js';
-import { LaunchError, type Machine } from '../../harness/qemu/machine.js';
+import { useLabHost } from '../../harness/lab/fixture.js';
+import { oracleViommu, type L2Spec } from '../../harness/lab/l2.js';
+import { LaunchError } from '../../harness/qemu/machine.js';
 import { skipBecause } from '../../harness/report/skip.js';
 import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
 import { expectHwpt, type HostCaps } from '../../harness/trace/oracle.js';
-import { useMachines } from '../../harness/testing/fixtures.js';
 import { repoRoot } from '../../harness/util/paths.js';
 import { loadConfig } from '../../harness/viommu/configs.js';
-import { probeArch } from '../../harness/viommu/probe.js';
 
 chai.use(iommufdAssertions);
 
@@ -34,9 +30,6 @@ chai.use(iommufdAssertions);
  * must agree with the trace.
  */
 
-/** L2 RAM for attach scenarios: L2 stays paused, so 64 MB is plenty (fewer DMA maps in L1 and L0). */
-const L2_MEMORY_MB = 64;
-
 const EOPNOTSUPP = -95;
 
 interface Dev extends ProfileDevice {
@@ -45,62 +38,35 @@ interface Dev extends ProfileDevice {
 
 describe('PASID: HWPT flags for a PASID-capable device', function () {
   this.timeout(300_000);
-  let host: LabHost;
-  before(async function () {
-    host = await LabHost.open(this);
-  });
-  after(() => host?.close());
-  const machines = useMachines();
-  const kernel = () => host.kprobes?.collect() ?? [];
-  beforeEach(() => host?.kprobes?.clear());
+  const lab = useLabHost();
 
   /** A profile device by name (where a role alone does not pick it), or a skip naming it. */
   function named(ctx: Mocha.Context, name: string): Dev {
-    const d = host.profile.devices.find((x) => x.name === name);
-    if (!d) return skipBecause(ctx, `host profile ${host.profile.name} lists no device named ${name}`);
-    const b = host.bound.get(d.bdf);
+    const d = lab.host.profile.devices.find((x) => x.name === name);
+    if (!d) return skipBecause(ctx, `host profile ${lab.host.profile.name} lists no device named ${name}`);
+    const b = lab.host.bound.get(d.bdf);
     if (!b) return skipBecause(ctx, `${name} (${d.bdf}) is not bound to vfio-pci`);
     return { ...d, cdev: b.cdev };
   }
 
   /** The PASID device: role pasid whose PASID the kernel enabled (hw info capabilities exec/priv or max_pasid_log2). */
   function pasidDevice(ctx: Mocha.Context): Dev {
-    return host.device(ctx, 'pasid');
+    return lab.host.device(ctx, 'pasid');
   }
 
   /** A device without a PASID capability: the synthetic plain endpoint in the virtual lab, else the first no-pasid one. */
   function noPasidDevice(ctx: Mocha.Context): Dev {
-    const plain = host.profile.devices.find((x) => x.name === 'plain-endpoint' && host.bound.has(x.bdf));
-    return plain ? { ...plain, cdev: host.bound.get(plain.bdf)!.cdev } : host.device(ctx, 'no-pasid');
+    const plain = lab.host.profile.devices.find((x) => x.name === 'plain-endpoint' && lab.host.bound.has(x.bdf));
+    return plain ? { ...plain, cdev: lab.host.bound.get(plain.bdf)!.cdev } : lab.host.device(ctx, 'no-pasid');
   }
 
-  async function hwInfo(ctx: Mocha.Context, d: Dev): Promise<HwInfo> {
-    const r = await readHwInfo(d.cdev);
-    if (!r.ok) return skipBecause(ctx, `IOMMU_GET_HW_INFO for ${d.bdf}: ${r.reason}`);
-    return r.value;
-  }
+  const hwInfo = (ctx: Mocha.Context, d: Dev): Promise<HwInfo> => lab.host.hwInfo(ctx, d.cdev);
 
   const capsOf = (hw: HwInfo): HostCaps => ({ dirtyTracking: hw.capabilityNames.includes('DIRTY_TRACKING'), maxPasidLog2: hw.outMaxPasidLog2 });
   const nesting = (hw: HwInfo): boolean => (hw.vtd ? summarizeVtd(hw.vtd.capReg, hw.vtd.ecapReg).nested : false);
 
   function spec(config: string, d: Dev): L2Spec {
-    return { config: loadConfig(config), devices: [{ bdf: d.bdf, id: 'hostdev0' }], memoryMB: L2_MEMORY_MB };
-  }
-
-  async function describeL2(s: L2Spec) {
-    return withHugepageRam(l2Description(s, await probeArch(s.config.arch))).desc;
-  }
-
-  /** Launches L2; resolves with the machine, or with the launch error and the trace it left. */
-  async function launchL2(s: L2Spec): Promise<{ machine?: Machine; error?: LaunchError; model: Awaited<ReturnType<typeof iommufdModel>> }> {
-    const r = await machines.launch(await describeL2(s), { name: 'l2' }).then(
-      (m) => ({ m }),
-      (e: unknown) => ({ e }),
-    );
-    if ('m' in r) return { machine: r.m, model: await iommufdModel(r.m, kernel()) };
-    if (!(r.e instanceof LaunchError)) throw r.e;
-    const model = await iommufdModelOf(join(r.e.artifactsDir, 'trace.log'), await formatsFor(findQemu('x86_64').traceEventsAll), kernel());
-    return { error: r.e, model };
+    return { config: loadConfig(config), devices: [{ bdf: d.bdf, id: 'hostdev0' }] };
   }
 
   /**
@@ -112,13 +78,13 @@ describe('PASID: HWPT flags for a PASID-capable device', function () {
   async function scenario(ctx: Mocha.Context, config: string, d: Dev, want: { flags: string[] }) {
     const hw = await hwInfo(ctx, d);
     const exp = expectHwpt(oracleViommu(loadConfig(config)), capsOf(hw));
-    const { error, model } = await launchL2(spec(config, d));
-    if (host.kprobes) writeFileSync(join(machines.artifactsDir, 'kprobes.trace'), host.kprobes.read());
+    const { error, model } = await lab.launch(spec(config, d));
+    if (lab.host.kprobes) writeFileSync(join(lab.machines.artifactsDir, 'kprobes.trace'), lab.host.kprobes!.read());
     expect(model).to.have.requestedPerOracle(exp);
     expect(model).to.have.requestedHwpt({ flags: want.flags, ptKind: 'ioas', hwptType: 0, len: 0 });
     const refused = want.flags.includes('NEST_PARENT') && !nesting(hw);
     const answer = model.hwptAllocs[0]?.kernel;
-    if (host.kprobes) expect(answer, `no kernel answer joined; kprobe records: ${JSON.stringify(kernel())}`).to.not.equal(undefined);
+    if (lab.host.kprobes) expect(answer, `no kernel answer joined; kprobe records: ${JSON.stringify(lab.kernel())}`).to.not.equal(undefined);
     if (refused) {
       expect(error, 'L2 launch should fail: the kernel refuses the nesting parent').to.be.instanceOf(LaunchError);
       expect(error!.stderr).to.include(`vfio ${d.bdf}: Failed to allocate hwpt: Operation not supported`);
@@ -182,12 +148,7 @@ describe('PASID: HWPT flags for a PASID-capable device', function () {
 
 describe('PASID: harness doctor on the lab host', function () {
   this.timeout(120_000);
-  let host: LabHost;
-  before(async function () {
-    host = await LabHost.open(this);
-  });
-  after(() => host?.close());
-  const machines = useMachines();
+  const lab = useLabHost();
 
   /** The flags the doctor asks IOMMU_HWPT_ALLOC for on each bound device. */
   const FLAGS = ['0x0', '0x1', '0x2', '0x4', '0x8', '0x9'];
@@ -200,8 +161,8 @@ describe('PASID: harness doctor on the lab host', function () {
     });
     expect(r.exitCode, `doctor failed: ${r.stderr}`).to.equal(0);
     const report = JSON.parse(r.stdout) as HostReport & { prerequisites: HostPrerequisites };
-    writeFileSync(join(machines.artifactsDir, 'doctor.json'), r.stdout);
-    const d = host.device(this, 'pasid');
+    writeFileSync(join(lab.machines.artifactsDir, 'doctor.json'), r.stdout);
+    const d = lab.host.device(this, 'pasid');
     const dev = report.devices.find((x) => x.bdf === d.bdf)!;
     expect(dev.extCaps?.pasid, `${d.bdf} PASID capability in the report`).to.include({ maxPasidWidth: 20, enabled: true, execPermissionSupported: true, privilegedModeSupported: true });
     expect(dev.hwInfo, `hw info: ${dev.hwInfo?.reason}`).to.include({ ok: true, outMaxPasidLog2: 20, outCapabilities: 0x6 });
