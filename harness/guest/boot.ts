@@ -53,6 +53,12 @@ export interface GuestOptions {
    * this must be a folder that exists there, e.g. the same path as on the host).
    */
   resultsShare?: { hostPath: string; guestPath: string };
+  /**
+   * Further read-only 9p shares mounted in the 9p root (harness.share=): host
+   * folders the guest would not see otherwise, e.g. a checkout under /tmp,
+   * which the guest covers with tmpfs. Needs rootShare.
+   */
+  extraShares?: Array<{ tag: string; hostPath: string; guestPath: string }>;
 }
 
 export const ROOT_SHARE_TAG = 'hostroot';
@@ -65,8 +71,13 @@ function fsdev(id: string, path: string, readonly: boolean): string[] {
 }
 
 /** The kernel command line for an agent guest. */
-export function guestCmdline(opts: Pick<GuestOptions, 'append' | 'quiet' | 'rootShare' | 'resultsShare'> = {}): string {
-  for (const [what, v] of [['resultsShare.guestPath', opts.resultsShare?.guestPath]] as const) {
+export function guestCmdline(opts: Pick<GuestOptions, 'append' | 'quiet' | 'rootShare' | 'resultsShare' | 'extraShares'> = {}): string {
+  if (opts.extraShares?.length && !opts.rootShare) throw new Error('extraShares are mounted in the 9p root: they need rootShare');
+  const paths: Array<[string, string | undefined]> = [
+    ['resultsShare.guestPath', opts.resultsShare?.guestPath],
+    ...(opts.extraShares ?? []).map((x, i): [string, string] => [`extraShares[${i}].guestPath`, x.guestPath]),
+  ];
+  for (const [what, v] of paths) {
     if (v !== undefined && !/^\/[\w./-]*$/.test(v)) throw new Error(`${what} must be an absolute path without spaces, got ${JSON.stringify(v)}`);
   }
   return [
@@ -78,6 +89,7 @@ export function guestCmdline(opts: Pick<GuestOptions, 'append' | 'quiet' | 'root
     `harness.agent=${AGENT_PORT_NAME}`,
     ...(opts.rootShare ? ['harness.root=9p', `harness.roottag=${ROOT_SHARE_TAG}`] : []),
     ...(opts.resultsShare ? [`harness.results=${opts.resultsShare.guestPath}`] : []),
+    ...(opts.extraShares ?? []).map((x) => `harness.share=${x.tag}:${x.guestPath}`),
     ...(opts.append ?? []),
   ].join(' ');
 }
@@ -90,13 +102,17 @@ export function guestDescription(opts: GuestOptions): MachineDescription {
     ...(iommu ? [{ driver: 'intel-iommu', id: 'iommu0', ...iommu }] : []),
     { driver: 'virtio-serial-pci', id: 'vser0' },
     { driver: 'virtserialport', id: 'agentport', bus: 'vser0.0', chardev: AGENT_CHARDEV, name: AGENT_PORT_NAME },
+    // The caller's devices first: they may pin slots (root ports at 0x2.0...);
+    // the 9p shares take whatever slots are left.
+    ...(opts.devices ?? []),
     ...(opts.rootShare ? [{ driver: 'virtio-9p-pci', id: 'fs-root', fsdev: ROOT_SHARE_TAG, mount_tag: ROOT_SHARE_TAG }] : []),
     ...(opts.resultsShare ? [{ driver: 'virtio-9p-pci', id: 'fs-results', fsdev: RESULTS_SHARE_TAG, mount_tag: RESULTS_SHARE_TAG }] : []),
-    ...(opts.devices ?? []),
+    ...(opts.extraShares ?? []).map((x) => ({ driver: 'virtio-9p-pci', id: `fs-${x.tag}`, fsdev: x.tag, mount_tag: x.tag })),
   ];
   const shares = [
     ...(opts.rootShare ? fsdev(ROOT_SHARE_TAG, opts.rootShare.hostPath ?? '/', true) : []),
     ...(opts.resultsShare ? fsdev(RESULTS_SHARE_TAG, opts.resultsShare.hostPath, false) : []),
+    ...(opts.extraShares ?? []).flatMap((x) => fsdev(x.tag, x.hostPath, true)),
   ];
   return {
     arch: 'x86_64',

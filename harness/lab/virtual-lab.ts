@@ -143,35 +143,29 @@ export function vfioUserBus(o: Pick<VirtualLabOptions, 'devices'>, n: number): s
   return `rp${(o.devices ?? DEFAULT_LAB_DEVICES).length + n}`;
 }
 
-/** `vfioUser` are the -device specs of the running servers, in the order of `o.vfioUser`. */
-export function virtualLabDescription(
-  o: VirtualLabOptions,
-  vfioUser: DeviceSpec[] = [],
-): { append: string[]; devices: DeviceSpec[]; extraArgs: string[]; globals: MachineDescription['globals'] } {
+/**
+ * L1 as guest options: the lab devices and the vfio-user endpoints on their
+ * root ports, the host's / as the read-only root, the results share, and the
+ * checkout (and a cache below a tmpfs folder) at their L0 paths.
+ * `vfioUser` are the -device specs of the running servers, in the order of `o.vfioUser`.
+ */
+export function virtualLabDescription(o: VirtualLabOptions, vfioUser: DeviceSpec[] = []): Omit<GuestOptions, 'image'> {
   const devs = o.devices ?? DEFAULT_LAB_DEVICES;
   const hugepages = o.hugepages ?? L1_HUGEPAGES;
-  const shares = l1Shares();
   return {
-    append: [
-      'harness.root=9p',
-      `harness.results=${L1_RESULTS_MOUNT}`,
-      ...shares.map((x) => `harness.share=${x.tag}:${x.path}`),
-      ...(hugepages > 0 ? [`hugepages=${hugepages}`] : []),
-    ],
+    intelIommu: o.intelIommu ?? DEFAULT_INTEL_IOMMU,
+    memoryMB: o.memoryMB ?? 3072,
+    quiet: true,
+    rootShare: {},
+    resultsShare: { hostPath: o.resultsDir, guestPath: L1_RESULTS_MOUNT },
+    extraShares: l1Shares().map((x) => ({ tag: x.tag, hostPath: x.path, guestPath: x.path })),
+    append: hugepages > 0 ? [`hugepages=${hugepages}`] : [],
     globals: [NATIVE_PCIE_HOTPLUG],
     devices: [
       ...rootPorts(devs.length + vfioUser.length + (o.extraDevices?.length ?? 0)),
       ...devs.map((d, i) => ({ ...d.device, id: `lab-${d.name}`, bus: `rp${i}` }) as DeviceSpec),
       ...vfioUser,
       ...(o.extraDevices ?? []),
-      { driver: 'virtio-9p-pci', fsdev: 'hostroot', mount_tag: 'hostroot' },
-      { driver: 'virtio-9p-pci', fsdev: 'results', mount_tag: 'results' },
-      ...shares.map((x) => ({ driver: 'virtio-9p-pci', fsdev: x.tag, mount_tag: x.tag })),
-    ],
-    extraArgs: [
-      '-fsdev', 'local,id=hostroot,path=/,security_model=none,readonly=on',
-      '-fsdev', `local,id=results,path=${o.resultsDir},security_model=none`,
-      ...shares.flatMap((x) => ['-fsdev', `local,id=${x.tag},path=${x.path},security_model=none,readonly=on`]),
     ],
   };
 }
@@ -214,17 +208,7 @@ export class VirtualLab {
     try {
       const vu = o.vfioUser ?? DEFAULT_VFIO_USER_DEVICES;
       for (const [i, v] of vu.entries()) await servers.add(v.device, { id: `lab-${v.name}`, bus: vfioUserBus(o, i) });
-      const d = virtualLabDescription(o, servers.specs());
-      const guestOptions: GuestOptions = {
-        image: o.image,
-        intelIommu: o.intelIommu ?? DEFAULT_INTEL_IOMMU,
-        memoryMB: o.memoryMB ?? 3072,
-        quiet: true,
-        append: d.append,
-        devices: d.devices,
-        globals: d.globals,
-        extraArgs: d.extraArgs,
-      };
+      const guestOptions: GuestOptions = { image: o.image, ...virtualLabDescription(o, servers.specs()) };
       const bad = checkVfioUserNeedsCachingMode(guestDescription(guestOptions));
       if (bad) throw bad;
       const guest = await bootGuest(

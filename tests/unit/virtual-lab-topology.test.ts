@@ -13,6 +13,8 @@ import {
   withHugepageRam,
 } from '../../harness/lab/virtual-lab.js';
 import type { MachineDescription } from '../../harness/qemu/argv.js';
+import { guestDescription } from '../../harness/guest/boot.js';
+import { repoRoot } from '../../harness/util/paths.js';
 import { VfioUserConfigError } from '../../harness/vfio-user/preflight.js';
 
 /** The virtual lab's L1 machine as data: no QEMU is started here. */
@@ -32,10 +34,19 @@ describe('virtual lab topology', () => {
   it('describes one root port per device, vfio-user specs after the lab devices, and reserves 2 MiB pages', () => {
     const vu = [{ driver: 'vfio-user-pci', id: 'lab-pasid-endpoint', bus: 'rp4', socket: { type: 'unix', path: '/x.sock' } }];
     const d = virtualLabDescription({ image, resultsDir: '/r' }, vu);
-    expect(d.devices.filter((x) => x.driver === 'pcie-root-port')).to.have.length(5);
-    expect(d.devices.map((x) => x.id ?? x.driver).slice(5, 10)).to.deep.equal(['lab-e1000e', 'lab-igb', 'lab-edu', 'lab-iommu-testdev', 'lab-pasid-endpoint']);
+    expect(d.devices!.filter((x) => x.driver === 'pcie-root-port')).to.have.length(5);
+    expect(d.devices!.map((x) => x.id ?? x.driver).slice(5, 10)).to.deep.equal(['lab-e1000e', 'lab-igb', 'lab-edu', 'lab-iommu-testdev', 'lab-pasid-endpoint']);
     expect(d.append).to.include('hugepages=320');
-    expect(virtualLabDescription({ image, resultsDir: '/r', hugepages: 0 }).append.join(' ')).to.not.include('hugepages');
+    expect(virtualLabDescription({ image, resultsDir: '/r', hugepages: 0 }).append!.join(' ')).to.not.include('hugepages');
+  });
+
+  it('shares the host’s / read-only, the results folder writable, and the checkout at its own path', () => {
+    const desc = guestDescription({ image, ...virtualLabDescription({ image, resultsDir: '/r' }) });
+    const args = desc.extraArgs!.join(' ');
+    expect(args).to.include('local,id=hostroot,path=/,security_model=none,multidevs=remap,readonly=on');
+    expect(args).to.include('local,id=results,path=/r,security_model=none,multidevs=remap');
+    expect(args).to.include(`local,id=repo,path=${repoRoot},security_model=none,multidevs=remap,readonly=on`);
+    expect(desc.kernel!.append).to.include('harness.root=9p').and.include('harness.results=/mnt').and.include(`harness.share=repo:${repoRoot}`);
   });
 
   it('refuses an L1 intel-iommu without caching-mode before launching, and closes the servers it started', async () => {
