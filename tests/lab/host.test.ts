@@ -1,5 +1,6 @@
 import { expect } from 'chai';
 import { existsSync, readdirSync } from 'node:fs';
+import { LabHost } from '../../harness/lab/lab-host.js';
 import { skipBecause } from '../../harness/report/skip.js';
 
 /**
@@ -8,7 +9,8 @@ import { skipBecause } from '../../harness/report/skip.js';
  */
 describe('lab host', function () {
   before(function () {
-    if (!existsSync('/dev/iommu')) skipBecause(this, 'no /dev/iommu: this host exposes no IOMMU through iommufd (the virtual-lab suite runs these in L1)');
+    const why = LabHost.unavailableReason();
+    if (why) skipBecause(this, why);
   });
 
   it('has an IOMMU instance and vfio device cdev support', () => {
