@@ -1,3 +1,4 @@
+import { shellQuote } from '../util/shell.js';
 import { DeadlineError } from '../util/deadline.js';
 import {
   AGENT_PROTOCOL_VERSION,
@@ -284,8 +285,4 @@ export class Agent {
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
   }
-}
-
-export function shellQuote(s: string): string {
-  return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
 }

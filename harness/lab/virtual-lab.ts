@@ -8,6 +8,7 @@ import type { Machine } from '../qemu/machine.js';
 import { NATIVE_PCIE_HOTPLUG, rootPorts } from '../qemu/topology.js';
 import type { TestResult } from '../report/junit.js';
 import { cacheDir, repoRoot } from '../util/paths.js';
+import { shellQuote } from '../util/shell.js';
 import { VfioUserDevices } from '../vfio-user/attach.js';
 import type { DeviceDescription } from '../vfio-user/description.js';
 import { checkVfioUserNeedsCachingMode } from '../vfio-user/preflight.js';
@@ -264,8 +265,8 @@ export class VirtualLab {
     };
     const args = [...suites.flatMap((s) => ['--suite', s]), ...(opts.grep ? ['--grep', opts.grep] : [])];
     const cmd =
-      `cd ${repoRoot} && exec env -i ${Object.entries(env).map(([k, v]) => `${k}='${v}'`).join(' ')} ` +
-      `node --enable-source-maps dist/harness/cli.js run ${args.map((a) => `'${a}'`).join(' ')}`;
+      `cd ${shellQuote(repoRoot)} && exec env -i ${Object.entries(env).map(([k, v]) => shellQuote(`${k}=${v}`)).join(' ')} ` +
+      `node --enable-source-maps dist/harness/cli.js run ${args.map(shellQuote).join(' ')}`;
     const t0 = Date.now();
     const r = await this.agent.run(cmd, { timeoutMs: opts.timeoutMs ?? 20 * 60_000 });
     const output = r.stdout + (r.stderr ? `\n--- stderr ---\n${r.stderr}` : '');

@@ -9,6 +9,7 @@ import { Transcript } from '../qmp/transcript.js';
 import { UnixListener } from '../qmp/transport.js';
 import { withDeadline, DeadlineError } from '../util/deadline.js';
 import { runArtifactsDir } from '../util/paths.js';
+import { shellQuote } from '../util/shell.js';
 import { buildArgv, type MachineDescription } from './argv.js';
 import { findQemu, type QemuBinary } from './binary.js';
 import { ChardevStream } from './chardev.js';
@@ -328,6 +329,3 @@ function indent(s: string): string {
     .join('\n');
 }
 
-function shellQuote(s: string): string {
-  return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
-}
