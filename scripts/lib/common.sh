@@ -8,40 +8,55 @@ export HARNESS_CACHE_DIR
 log() { printf '[%s] %s\n' "${0##*/}" "$*" >&2; }
 die() { printf '[%s] error: %s\n' "${0##*/}" "$*" >&2; exit 1; }
 
-# Runs apt-get/apt-cache against Debian sid with a private configuration: its
-# own state, lists and archive cache under $HARNESS_CACHE_DIR/apt-sid, and an
-# empty dpkg status, so apt resolves sid's whole dependency closure without
-# ever reading or writing the machine's own package database.
-# sid's Release file counts as expired against this machine's clock, hence
+# Runs apt-get/apt-cache against a Debian release with a private
+# configuration: its own state, lists and archive cache under
+# $HARNESS_CACHE_DIR/apt-<release>[-<arch>], and an empty dpkg status, so apt
+# resolves the release's whole dependency closure without ever reading or
+# writing the machine's own package database.
+#
+# Which release and architecture: $DEB_SUITE (default sid) and $DEB_ARCH
+# (default: this machine's), read at each call, so one script can unpack
+# sid's x86 QEMU, trixie's older one and an arm64 root side by side:
+#   DEB_SUITE=trixie sid_unpack ROOT qemu-system-x86
+#   DEB_ARCH=arm64 sid_unpack ROOT nodejs qemu-system-arm
+# (The functions keep their sid_ names: sid is what they do unless told.)
+# A Release file can count as expired against this machine's clock, hence
 # Check-Valid-Until=false (the signature is still checked).
-sid_apt_root="$HARNESS_CACHE_DIR/apt-sid"
+deb_suite() { echo "${DEB_SUITE:-sid}"; }
+sid_apt_dir() { echo "$HARNESS_CACHE_DIR/apt-$(deb_suite)${DEB_ARCH:+-$DEB_ARCH}"; }
+sid_apt_root=$(sid_apt_dir)
 sid_apt_opts() {
+  r=$(sid_apt_dir)
   printf '%s\n' \
-    -o "Dir::State=$sid_apt_root/state" \
-    -o "Dir::State::status=$sid_apt_root/state/status" \
-    -o "Dir::State::Lists=$sid_apt_root/lists" \
-    -o "Dir::Cache=$sid_apt_root/cache" \
-    -o "Dir::Etc::SourceList=$sid_apt_root/sources.list" \
-    -o "Dir::Etc::SourceParts=$sid_apt_root/no-parts" \
-    -o "Dir::Etc::Preferences=$sid_apt_root/no-preferences" \
-    -o "Dir::Etc::PreferencesParts=$sid_apt_root/no-parts" \
+    -o "Dir::State=$r/state" \
+    -o "Dir::State::status=$r/state/status" \
+    -o "Dir::State::Lists=$r/lists" \
+    -o "Dir::Cache=$r/cache" \
+    -o "Dir::Etc::SourceList=$r/sources.list" \
+    -o "Dir::Etc::SourceParts=$r/no-parts" \
+    -o "Dir::Etc::Preferences=$r/no-preferences" \
+    -o "Dir::Etc::PreferencesParts=$r/no-parts" \
     -o "Acquire::Check-Valid-Until=false" \
     -o "APT::Install-Recommends=false" \
     -o "APT::Get::AllowUnauthenticated=false" \
     -o "Debug::NoLocking=1"
+  if [ -n "${DEB_ARCH:-}" ]; then
+    printf '%s\n' -o "APT::Architecture=$DEB_ARCH" -o "APT::Architectures=$DEB_ARCH"
+  fi
 }
 sid_apt_init() {
+  r=$(sid_apt_dir)
   # Empty folders for the parts apt would otherwise read from /etc/apt.
-  mkdir -p "$sid_apt_root/state" "$sid_apt_root/lists/partial" "$sid_apt_root/cache/archives/partial" "$sid_apt_root/no-parts"
-  : > "$sid_apt_root/state/status"
-  echo "deb $DEBIAN_MIRROR sid main" > "$sid_apt_root/sources.list"
+  mkdir -p "$r/state" "$r/lists/partial" "$r/cache/archives/partial" "$r/no-parts"
+  : > "$r/state/status"
+  echo "deb${DEB_ARCH:+ [arch=$DEB_ARCH]} $DEBIAN_MIRROR $(deb_suite) main" > "$r/sources.list"
   # The lists are refreshed at most once an hour: installs stay fast and
-  # repeatable within a run, yet follow sid when asked again later.
-  if [ -z "$(find "$sid_apt_root/lists" -name '*_Packages*' -mmin -60 2>/dev/null | head -n1)" ]; then
-    log "refreshing Debian sid package lists"
+  # repeatable within a run, yet follow the release when asked again later.
+  if [ -z "$(find "$r/lists" -name '*_Packages*' -mmin -60 2>/dev/null | head -n1)" ]; then
+    log "refreshing Debian $(deb_suite)${DEB_ARCH:+ $DEB_ARCH} package lists"
     # shellcheck disable=SC2046
-    apt-get $(sid_apt_opts) -q update >"$sid_apt_root/update.log" 2>&1 \
-      || { tail -n 20 "$sid_apt_root/update.log" >&2; die "apt-get update for sid failed (log: $sid_apt_root/update.log)"; }
+    apt-get $(sid_apt_opts) -q update >"$r/update.log" 2>&1 \
+      || { tail -n 20 "$r/update.log" >&2; die "apt-get update for $(deb_suite) failed (log: $r/update.log)"; }
   fi
 }
 sid_apt_get() { # shellcheck disable=SC2046
@@ -55,9 +70,10 @@ sid_apt_cache() { # shellcheck disable=SC2046
 sid_unpack() {
   root=$1; shift
   sid_apt_init
-  log "resolving and downloading from sid: $*"
+  sid_apt_root=$(sid_apt_dir)
+  log "resolving and downloading from $(deb_suite)${DEB_ARCH:+ $DEB_ARCH}: $*"
   sid_apt_get -q -y --download-only install "$@" >"$sid_apt_root/download.log" 2>&1 \
-    || { tail -n 20 "$sid_apt_root/download.log" >&2; die "apt-get could not download $* from sid"; }
+    || { tail -n 20 "$sid_apt_root/download.log" >&2; die "apt-get could not download $* from $(deb_suite)"; }
   # Which debs belong to this closure: ask apt for the install plan again
   # (a simulation), then pick those files from the archive cache.
   mkdir -p "$root"
@@ -80,10 +96,11 @@ multiarch() { dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo "$(unam
 sid_unpack_one() {
   root=$1 pkg=$2
   sid_apt_init
+  sid_apt_root=$(sid_apt_dir)
   work="$sid_apt_root/one.$$"
   mkdir -p "$work" "$root"
   (cd "$work" && sid_apt_get -q download "$pkg" >"$sid_apt_root/download.log" 2>&1) \
-    || { tail -n 20 "$sid_apt_root/download.log" >&2; rm -rf "$work"; die "apt-get could not download $pkg from sid"; }
+    || { tail -n 20 "$sid_apt_root/download.log" >&2; rm -rf "$work"; die "apt-get could not download $pkg from $(deb_suite)"; }
   deb=$(ls "$work"/*.deb)
   dpkg -x "$deb" "$root"
   echo "$pkg $(dpkg-deb -f "$deb" Version)" >> "$root/.packages"
