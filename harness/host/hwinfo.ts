@@ -1,19 +1,17 @@
 /**
  * What iommufd reports for a device bound to vfio-pci, through the native
  * helper images/tools/iommufd-probe (built by scripts/build-tools.sh into
- * cacheDir()/tools/<source hash>/): IOMMU_GET_HW_INFO, and which
+ * cacheDir()/tools/<machine>/<source hash>/, see harness/util/native-tools.ts): IOMMU_GET_HW_INFO, and which
  * IOMMU_HWPT_ALLOC flags the kernel accepts for the device.
  *
  * Every call returns either the parsed answer or a reason that says what was
  * missing (the helper, /dev/iommu, the cdev) or what the kernel refused.
  */
-import { createHash } from 'node:crypto';
-import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { accessSync, constants, existsSync } from 'node:fs';
 import { execa } from 'execa';
-import { cacheDir, repoRoot } from '../util/paths.js';
+import { nativeToolPath, nativeToolSource } from '../util/native-tools.js';
 
-export const PROBE_SOURCE = join(repoRoot, 'images', 'tools', 'iommufd-probe.c');
+export const PROBE_SOURCE = nativeToolSource('iommufd-probe');
 
 /** IOMMU_HW_INFO_TYPE_* (Linux 7.2 uAPI). */
 export const HW_INFO_TYPES: Readonly<Record<number, string>> = { 0: 'NONE', 1: 'INTEL_VTD', 2: 'ARM_SMMUV3', 3: 'TEGRA241_CMDQV', 4: 'AMD' };
@@ -59,9 +57,7 @@ export interface ProbeOptions {
 
 /** Where scripts/build-tools.sh puts the helper built from the current source. */
 export function probeToolPath(): string {
-  if (process.env.HARNESS_IOMMUFD_PROBE) return process.env.HARNESS_IOMMUFD_PROBE;
-  const hash = createHash('sha256').update(readFileSync(PROBE_SOURCE)).digest('hex').slice(0, 16);
-  return join(cacheDir(), 'tools', hash, 'iommufd-probe');
+  return process.env.HARNESS_IOMMUFD_PROBE || nativeToolPath('iommufd-probe');
 }
 
 export function probeToolBuilt(tool = probeToolPath()): boolean {
