@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { LINUX_7_2_X86_64, parseKprobeTrace, probeDefinitions } from '../../harness/trace/kprobes.js';
+import { compareSelfCheck, parseKprobeTrace, probeDefinitions } from '../../harness/trace/kprobes.js';
 import { IommufdModel } from '../../harness/trace/model.js';
 import { TraceFormats } from '../../harness/trace/formats.js';
 import { parseTrace } from '../../harness/trace/parse.js';
@@ -13,11 +13,51 @@ import { skipBecause } from '../../harness/report/skip.js';
 const fixture = (name: string) => readFileSync(join(repoRoot, 'tests', 'fixtures', 'kprobes', name), 'utf8');
 
 describe('kernel answers from tracefs kprobes', () => {
-  it('defines entry and return probes, vendor allocators only when the symbol exists', () => {
-    const defs = probeDefinitions('g', LINUX_7_2_X86_64, (s) => s === 'intel_iommu_domain_alloc_paging_flags');
-    expect(defs[0]).to.equal('p:g/hwpt_alloc iommufd_hwpt_alloc flags=+4(+24(%di)):x32 dev_id=+8(+24(%di)):u32 pt_id=+12(+24(%di)):u32 data_type=+24(+24(%di)):u32');
-    expect(defs).to.include('r:g/hwpt_alloc_ret iommufd_hwpt_alloc ret=$retval:s32');
-    expect(defs.join('\n')).to.include('intel_iommu_domain_alloc_paging_flags').and.not.include('arm_smmu');
+  it('reads the ioctl’s own uAPI struct through $argN and user memory: no register names, no kernel struct offsets', () => {
+    const defs = probeDefinitions('g', (s) => s !== 'arm_smmu_domain_alloc_paging_flags');
+    const lines = defs.map((d) => d.line);
+    expect(lines[0]).to.equal(
+      'p:g/hwpt_alloc iommufd_fops_ioctl cmd=$arg2:x32 flags=+u4($arg3):x32 dev_id=+u8($arg3):u32 pt_id=+u12($arg3):u32 data_type=+u24($arg3):u32 data_len=+u28($arg3):u32',
+    );
+    expect(defs[0]!.filter).to.equal('cmd == 0x3b89');
+    expect(lines).to.include('r:g/hwpt_alloc_ret iommufd_hwpt_alloc ret=$retval:s32');
+    expect(lines).to.include('p:g/viommu_alloc iommufd_fops_ioctl cmd=$arg2:x32 type=+u8($arg3):u32 dev_id=+u12($arg3):u32 hwpt_id=+u16($arg3):u32');
+    expect(lines).to.include('p:g/vtd_alloc intel_iommu_domain_alloc_paging_flags flags=$arg2:x32');
+    // Nothing arch-specific: no %di/%si (x86_64) or %x0 (arm64) registers.
+    expect(lines.join('\n')).to.not.match(/%[a-z]/).and.not.include('arm_smmu');
+  });
+
+  it('leaves out a command whose handler this kernel lacks', () => {
+    const defs = probeDefinitions('g', (s) => s !== 'iommufd_vdevice_alloc_ioctl');
+    expect(defs.map((d) => d.line).join('\n')).to.not.include('vdevice_alloc');
+  });
+
+  it('self-check: the requests a known task fired must come back exactly, in order', () => {
+    const trace = [
+      ' iommufd-probe-301     [000] .....   10.000001: hwpt_alloc: (iommufd_fops_ioctl+0x0/0x190) cmd=0x3b89 flags=0x0 dev_id=1 pt_id=2 data_type=0 data_len=0',
+      ' iommufd-probe-301     [000] .....   10.000002: hwpt_alloc_ret: (iommufd_fops_ioctl+0xf8/0x190 <- iommufd_hwpt_alloc) ret=0',
+      ' iommufd-probe-301     [000] .....   10.000003: hwpt_alloc: (iommufd_fops_ioctl+0x0/0x190) cmd=0x3b89 flags=0x4 dev_id=1 pt_id=2 data_type=0 data_len=0',
+      ' iommufd-probe-301     [000] .....   10.000004: hwpt_alloc_ret: (iommufd_fops_ioctl+0xf8/0x190 <- iommufd_hwpt_alloc) ret=-2',
+    ].join('\n');
+    const recs = parseKprobeTrace(trace);
+    expect(recs[0]!.fields).to.not.have.property('cmd');
+    const reqs = [{ flags: 0, devId: 1, ptId: 2, ret: 0 }, { flags: 4, devId: 1, ptId: 2, ret: -2 }];
+    expect(compareSelfCheck(reqs, recs, 'iommufd-probe').ok).to.equal(true);
+    const wrong = compareSelfCheck([reqs[0]!, { ...reqs[1]!, ptId: 3 }], recs, 'iommufd-probe');
+    expect(wrong.ok).to.equal(false);
+    expect(wrong.detail).to.include('asked IOMMU_HWPT_ALLOC flags=0x0 dev_id=1 pt_id=2 ret=0; flags=0x4 dev_id=1 pt_id=3 ret=-2')
+      .and.include('recorded flags=0x0 dev_id=1 pt_id=2 ret=0; flags=0x4 dev_id=1 pt_id=2 ret=-2');
+    expect(compareSelfCheck(reqs, [], 'iommufd-probe').detail).to.include('recorded no request');
+  });
+
+  it('pairs a vIOMMU allocation with its return, not with a vendor allocator', () => {
+    const recs = parseKprobeTrace([
+      ' qemu-system-aar-410     [001] .....   5.1: viommu_alloc: (iommufd_fops_ioctl+0x0/0x1a0) cmd=0x3b90 type=1 dev_id=1 hwpt_id=3',
+      ' qemu-system-aar-410     [001] .....   5.2: viommu_alloc_ret: (iommufd_fops_ioctl+0x100/0x1a0 <- iommufd_viommu_alloc_ioctl) ret=-95',
+    ].join('\n'));
+    expect(recs).to.have.length(1);
+    expect(recs[0]!.fields).to.include({ type: 1, dev_id: 1, hwpt_id: 3, ret: -95 });
+    expect(recs[0]!.fields).to.not.have.property('vendor');
   });
 
   it('pairs entry, vendor allocator and return per task (real L1 capture)', () => {
