@@ -26,6 +26,22 @@ export class QmpProtocolError extends QmpError {
   override name = 'QmpProtocolError';
 }
 
+/**
+ * A message longer than the connection's limit. `size` is what had arrived
+ * when the limit was passed: the message's whole size when `incomplete` is
+ * false, a lower bound when it is true (it is refused before its end arrives).
+ */
+export class QmpMessageTooLargeError extends QmpProtocolError {
+  override name = 'QmpMessageTooLargeError';
+  constructor(
+    readonly size: number,
+    readonly limit: number,
+    readonly incomplete: boolean,
+  ) {
+    super(`QMP message of ${incomplete ? 'at least ' : ''}${size} bytes exceeds the limit of ${limit} bytes (ConnectionOptions.maxMessageBytes)`);
+  }
+}
+
 /** Capability negotiation failed (the greeting was fine, qmp_capabilities was not). */
 export class QmpNegotiationError extends QmpError {
   override name = 'QmpNegotiationError';

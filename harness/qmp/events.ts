@@ -9,6 +9,13 @@ export interface QmpEvent {
   seq: number;
 }
 
+/**
+ * Events a listener keeps unread by default. A listener is for waiting on
+ * what a command causes; one that nobody reads must not hold every event of a
+ * long run (200k unread events held 46 MB).
+ */
+export const DEFAULT_MAX_QUEUED_EVENTS = 10_000;
+
 export type EventFilter = {
   /** Event names to accept; all when absent. */
   names?: readonly string[];
@@ -20,24 +27,55 @@ export type EventFilter = {
  * A listener with its own queue, after python's qemu.qmp: every matching event
  * that arrives after the listener was made is kept until read, so a waiter
  * registered before a command can never miss the event the command causes.
+ * The queue is bounded: past `maxQueued` unread events the oldest is dropped
+ * and counted, and a wait that fails says how many were dropped.
  */
 export class EventListener implements AsyncIterable<QmpEvent> {
   private queue: QmpEvent[] = [];
+  /** Index of the first unread event in `queue` (shifting a long array is O(n)). */
+  private head = 0;
   private waiters: Array<{ resolve: (e: QmpEvent) => void; reject: (err: Error) => void }> = [];
   private endedBy: Error | undefined;
+  /** Matching events dropped because the queue was full. */
+  dropped = 0;
 
   constructor(
     private readonly hub: EventHub,
     readonly filter: EventFilter,
-  ) {}
+    readonly maxQueued = DEFAULT_MAX_QUEUED_EVENTS,
+  ) {
+    if (!(Number.isInteger(maxQueued) && maxQueued > 0)) throw new RangeError(`maxQueued must be a positive integer, got ${maxQueued}`);
+  }
 
   /** Called by the hub. */
   offer(e: QmpEvent): void {
     if (this.filter.names && !this.filter.names.includes(e.event)) return;
     if (this.filter.where && !this.filter.where(e)) return;
     const w = this.waiters.shift();
-    if (w) w.resolve(e);
-    else this.queue.push(e);
+    if (w) return w.resolve(e);
+    if (this.queue.length - this.head >= this.maxQueued) {
+      this.head++;
+      this.dropped++;
+    }
+    this.queue.push(e);
+    this.compact();
+  }
+
+  private compact(): void {
+    if (this.head > 1024 && this.head * 2 > this.queue.length) {
+      this.queue = this.queue.slice(this.head);
+      this.head = 0;
+    }
+  }
+
+  private shift(): QmpEvent | undefined {
+    if (this.head >= this.queue.length) return undefined;
+    const e = this.queue[this.head++];
+    if (this.head === this.queue.length) {
+      this.queue = [];
+      this.head = 0;
+    } else this.compact();
+    return e;
   }
 
   /** Called by the hub when the connection ends. */
@@ -48,12 +86,12 @@ export class EventListener implements AsyncIterable<QmpEvent> {
 
   /** Events received and not yet read. */
   get pending(): readonly QmpEvent[] {
-    return this.queue;
+    return this.head === 0 ? this.queue : this.queue.slice(this.head);
   }
 
   /** The next matching event, or a DeadlineError naming what was awaited. */
   next(timeoutMs: number): Promise<QmpEvent> {
-    const queued = this.queue.shift();
+    const queued = this.shift();
     if (queued) return Promise.resolve(queued);
     if (this.endedBy) return Promise.reject(this.endedBy);
     return new Promise<QmpEvent>((resolve, reject) => {
@@ -69,7 +107,7 @@ export class EventListener implements AsyncIterable<QmpEvent> {
       };
       const timer = setTimeout(() => {
         this.waiters.splice(this.waiters.indexOf(waiter), 1);
-        reject(new DeadlineError(`waiting for QMP event ${this.describe()}`, timeoutMs));
+        reject(new DeadlineError(`waiting for QMP event ${this.describe()}`, timeoutMs, this.droppedNote()));
       }, timeoutMs);
       this.waiters.push(waiter);
     });
@@ -79,6 +117,12 @@ export class EventListener implements AsyncIterable<QmpEvent> {
   close(): void {
     this.hub.remove(this);
     this.end(new QmpDisconnectedError('event listener closed'));
+  }
+
+  /** Why an awaited event may be missing, when events were dropped. */
+  droppedNote(): string | undefined {
+    if (this.dropped === 0) return undefined;
+    return `this listener dropped ${this.dropped} event(s), oldest first: more than ${this.maxQueued} were left unread`;
   }
 
   describe(): string {
@@ -105,8 +149,10 @@ export class EventHub {
   private static readonly historyMax = 1000;
   private endedBy: Error | undefined;
 
-  listen(filter: EventFilter = {}): EventListener {
-    const l = new EventListener(this, filter);
+  constructor(readonly maxQueuedPerListener = DEFAULT_MAX_QUEUED_EVENTS) {}
+
+  listen(filter: EventFilter = {}, maxQueued = this.maxQueuedPerListener): EventListener {
+    const l = new EventListener(this, filter, maxQueued);
     if (this.endedBy) l.end(this.endedBy);
     else this.listeners.add(l);
     return l;
@@ -116,11 +162,12 @@ export class EventHub {
     this.listeners.delete(l);
   }
 
-  dispatch(msg: Record<string, unknown>): QmpEvent {
+  /** Fans out an event whose shape the protocol layer has checked (grammar.ts). */
+  dispatch(msg: { event: string; data?: Record<string, unknown>; timestamp?: QmpEvent['timestamp'] | undefined }): QmpEvent {
     const e: QmpEvent = {
-      event: String(msg.event),
-      data: (msg.data as Record<string, unknown>) ?? {},
-      timestamp: (msg.timestamp as QmpEvent['timestamp']) ?? { seconds: 0, microseconds: 0 },
+      event: msg.event,
+      data: msg.data ?? {},
+      timestamp: msg.timestamp ?? { seconds: 0, microseconds: 0 },
       seq: ++this.seq,
     };
     this.history.push(e);

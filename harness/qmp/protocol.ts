@@ -1,7 +1,8 @@
 import { DeadlineError, withDeadline } from '../util/deadline.js';
 import { QmpCommandError, QmpDisconnectedError, QmpNegotiationError, QmpProtocolError } from './errors.js';
-import { EventHub, type EventFilter, type EventListener, type QmpEvent } from './events.js';
-import { JsonObjectSplitter, encode, type QmpMessage } from './framing.js';
+import { DEFAULT_MAX_QUEUED_EVENTS, EventHub, type EventFilter, type EventListener, type QmpEvent } from './events.js';
+import { DEFAULT_MAX_MESSAGE_BYTES, JsonObjectSplitter, encode, quote, type QmpMessage } from './framing.js';
+import { classify, type ServerMessage } from './grammar.js';
 import type { Transcript } from './transcript.js';
 import type { Transport } from './transport.js';
 
@@ -18,6 +19,10 @@ export interface ConnectionOptions {
   /** Default deadline of each command. */
   commandTimeoutMs?: number;
   transcript?: Transcript;
+  /** Largest message accepted from the peer (default DEFAULT_MAX_MESSAGE_BYTES); a larger one is a QmpMessageTooLargeError. */
+  maxMessageBytes?: number;
+  /** Unread events each listener keeps before dropping the oldest (default DEFAULT_MAX_QUEUED_EVENTS). */
+  maxQueuedEvents?: number;
   /**
    * Asked once the connection is gone, so that the error every waiter gets can
    * say why (a Machine answers with QEMU's exit status and stderr tail).
@@ -46,12 +51,14 @@ interface Pending {
  * when the pipe breaks.
  */
 export class QmpConnection {
-  readonly events = new EventHub();
+  readonly events: EventHub;
   private pending = new Map<string, Pending>();
   private nextId = 1;
   /** Why the connection ended: a disconnect, or the peer breaking protocol. */
   private closedBy: Error | undefined;
   private closing = false;
+  /** True once the transport reported its close and every waiter was told. */
+  private transportGone = false;
   private rawListeners = new Set<(msg: QmpMessage, raw: string) => void>();
   private greetingWaiter: ((msg: QmpMessage) => void) | undefined;
   private readonly commandTimeoutMs: number;
@@ -65,15 +72,14 @@ export class QmpConnection {
     private readonly opts: ConnectionOptions,
   ) {
     this.commandTimeoutMs = opts.commandTimeoutMs ?? 30_000;
-    const splitter = new JsonObjectSplitter((msg, raw) => this.onMessage(msg, raw));
+    this.events = new EventHub(opts.maxQueuedEvents ?? DEFAULT_MAX_QUEUED_EVENTS);
+    const splitter = new JsonObjectSplitter((msg, raw) => this.onMessage(msg, raw), opts.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES);
     transport.onData((chunk) => {
+      if (this.closedBy) return; // bytes still in flight after a protocol error
       try {
         splitter.push(chunk);
       } catch (e) {
-        // A peer that does not speak QMP: everyone waiting learns why.
-        this.opts.transcript?.note(`protocol error: ${(e as Error).message}`);
-        void this.fail(e as Error);
-        transport.close();
+        this.protocolError(e as Error);
       }
     });
     transport.onClose((err) => void this.onTransportClosed(err));
@@ -159,13 +165,24 @@ export class QmpConnection {
     return () => this.rawListeners.delete(cb);
   }
 
-  /** Closes the connection; pending commands reject as disconnected. */
+  /**
+   * Closes the connection; pending commands reject as disconnected. Always
+   * releases the transport, also after the peer broke protocol (the
+   * connection is then failed but its socket may still be open).
+   */
   async close(): Promise<void> {
-    if (this.closedBy) return;
+    if (this.transportGone) return;
     this.closing = true;
     const closed = new Promise<void>((r) => this.closeWaiters.push(r));
     this.transport.close();
     await withDeadline(closed, 5000, `closing QMP connection to ${this.peer}`);
+  }
+
+  /** A peer that does not speak QMP: everyone waiting learns why, and the transport goes. */
+  private protocolError(e: Error): void {
+    if (!this.closedBy) this.opts.transcript?.note(`protocol error: ${e.message}`);
+    void this.fail(e);
+    this.transport.close();
   }
 
   private sendRaw(raw: string): void {
@@ -181,34 +198,38 @@ export class QmpConnection {
   }
 
   private onMessage(msg: QmpMessage, raw: string): void {
+    if (this.closedBy) return; // the rest of a read after a protocol error
     this.opts.transcript?.record('in', raw);
     for (const cb of this.rawListeners) cb(msg, raw);
     if (this.greetingWaiter) {
       const w = this.greetingWaiter;
       this.greetingWaiter = undefined;
-      w(msg);
+      w(msg); // checked by checkGreeting, which names what is missing
       return;
     }
-    if ('event' in msg) {
-      this.events.dispatch(msg);
+    let m: ServerMessage;
+    try {
+      m = classify(msg, raw);
+    } catch (e) {
+      return this.protocolError(e as Error);
+    }
+    if (m.kind === 'greeting') return this.protocolError(new QmpProtocolError(`a second QMP greeting: ${quote(raw)}`));
+    if (m.kind === 'event') {
+      this.events.dispatch(m);
       return;
     }
-    const id = msg.id;
+    const id = m.id;
     if (typeof id !== 'string' || !this.pending.has(id)) {
       // A reply nobody waits for: either a command that ran past its deadline
       // (recorded in the transcript, harmless) or a peer that breaks protocol.
       if (typeof id === 'string' && id.startsWith('h') && Number(id.slice(1)) < this.nextId) return;
-      void this.fail(new QmpProtocolError(`QMP reply with unknown id ${JSON.stringify(id)}: ${raw.slice(0, 200)}`));
-      return;
+      return this.protocolError(new QmpProtocolError(`QMP reply with unknown id ${JSON.stringify(id) ?? '(none)'}: ${quote(raw)}`));
     }
     const p = this.pending.get(id)!;
     this.pending.delete(id);
     clearTimeout(p.timer);
-    if ('return' in msg) p.resolve(msg.return);
-    else if (msg.error && typeof msg.error === 'object') {
-      const err = msg.error as { class?: string; desc?: string };
-      p.reject(new QmpCommandError(p.command, err.class ?? 'UnknownError', err.desc ?? '', p.args));
-    } else p.reject(new QmpProtocolError(`reply to ${p.command} has neither return nor error: ${raw.slice(0, 200)}`));
+    if (m.kind === 'return') p.resolve(m.value);
+    else p.reject(new QmpCommandError(p.command, m.errorClass, m.desc, p.args));
   }
 
   private async onTransportClosed(err?: Error): Promise<void> {
@@ -224,6 +245,7 @@ export class QmpConnection {
       ? `QMP connection to ${this.peer} closed by the harness`
       : `QMP connection to ${this.peer} lost${err ? ` (${err.message})` : ' (EOF)'}`;
     await this.fail(new QmpDisconnectedError(reason, detail));
+    this.transportGone = true;
     for (const w of this.closeWaiters.splice(0)) w();
   }
 

@@ -1,6 +1,7 @@
 import { createServer, connect, type Server, type Socket } from 'node:net';
-import { chmod, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { withDeadline } from '../util/deadline.js';
+import { listenPrivately } from '../util/private-socket.js';
 
 /**
  * The byte pipe under the QMP protocol. The protocol layer knows nothing of
@@ -83,7 +84,8 @@ export function connectTcp(host: string, port: number, timeoutMs = 5000): Promis
  * server=on, `-chardev socket,path=PATH` likewise). Listening on our side means
  * there is nothing to poll for: QEMU connects while it creates the chardev, and
  * the greeting follows as soon as the monitor is up. Python's qemu.machine does
- * the same. The socket file is made 0600 before QEMU starts.
+ * the same. The socket is 0600 from its creation, in a directory that must be
+ * 0700 (listenPrivately).
  */
 export class UnixListener {
   private constructor(
@@ -100,11 +102,7 @@ export class UnixListener {
       resolveConn(s);
       server.close(); // one peer only; no one else may connect after QEMU
     });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(path, () => resolve());
-    });
-    await chmod(path, 0o600);
+    await listenPrivately(server, path, 'QMP listener');
     return new UnixListener(server, path, pending);
   }
 
