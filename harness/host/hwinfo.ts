@@ -45,7 +45,12 @@ export interface HwptAllocProbe {
   results: HwptAllocResult[];
 }
 
-export type Probed<T> = { ok: true; value: T } | { ok: false; reason: string };
+/**
+ * An answer, or why there is none. `unavailable` marks a missing prerequisite
+ * (no helper, no /dev/iommu, no cdev): a test may skip for it. Without it the
+ * helper ran and failed (timed out, an ioctl failed, bad JSON): a failure.
+ */
+export type Probed<T> = { ok: true; value: T } | { ok: false; reason: string; unavailable?: true };
 
 export interface ProbeOptions {
   /** The helper binary; default: $HARNESS_IOMMUFD_PROBE, else the cached build of the current source. */
@@ -190,7 +195,7 @@ async function runProbe(args: string[], opts: ProbeOptions): Promise<{ stdout: s
 /** IOMMU_GET_HW_INFO for the device behind `cdev` (/dev/vfio/devices/vfioN). */
 export async function readHwInfo(cdev: string, opts: ProbeOptions = {}): Promise<Probed<HwInfo>> {
   const missing = probeUnavailableReason(cdev, opts);
-  if (missing) return { ok: false, reason: missing };
+  if (missing) return { ok: false, reason: missing, unavailable: true };
   const { stdout, reason } = await runProbe(['hw-info', ...(opts.devIommu ? ['--iommu', opts.devIommu] : []), cdev], opts);
   return reason ? { ok: false, reason } : parseHwInfoJson(stdout);
 }
@@ -199,7 +204,7 @@ export async function readHwInfo(cdev: string, opts: ProbeOptions = {}): Promise
 export async function probeHwptAlloc(cdev: string, flags: number[], opts: ProbeOptions = {}): Promise<Probed<HwptAllocProbe>> {
   if (!flags.length) throw new Error('probeHwptAlloc: no flags values given');
   const missing = probeUnavailableReason(cdev, opts);
-  if (missing) return { ok: false, reason: missing };
+  if (missing) return { ok: false, reason: missing, unavailable: true };
   const { stdout, reason } = await runProbe(
     ['hwpt-alloc', ...(opts.devIommu ? ['--iommu', opts.devIommu] : []), cdev, ...flags.map((f) => `0x${f.toString(16)}`)],
     opts,

@@ -19,6 +19,7 @@ import { extCapsUnreadableReason, summarizeExtCaps, type ExtCapsSummary } from '
 import { platformArch, resolveAccel, type DeviceRole, type HostProfile } from './profile.js';
 import { hostPaths, iommufdVfioState, listIommus, readPciConfig, readPciDevice, type HostPaths, type IommufdVfioState, type IommuKind } from './sysfs.js';
 import { VfioBinder, type BinderOptions } from './vfio-bind.js';
+import { openKernelAnswers } from './kernel-answers.js';
 
 export interface VtdReport {
   cap: string;
@@ -97,6 +98,12 @@ export interface HostReport {
   probeTool: { path: string; built: boolean };
   profile?: { name: string; source: string; platform: string; accel: string; resolvedAccel?: 'kvm' | 'tcg'; accelProblem?: string };
   devices: DeviceReport[];
+  /**
+   * Whether the kernel's answers to QEMU (tracefs kprobes) can be shown on
+   * this host, after a self-check on a bound device; `broken`: the probes
+   * were set but read something else (a harness bug on this kernel).
+   */
+  kernelAnswers: { ok: boolean; broken?: boolean; reason: string };
 }
 
 export interface ProbeHostOptions {
@@ -248,6 +255,7 @@ export async function probeHost(opts: ProbeHostOptions = {}): Promise<HostReport
     vfio,
     probeTool: { path: tool, built: probeToolBuilt(tool) },
     devices: [],
+    kernelAnswers: { ok: false, reason: 'kernel answers unverified: no host profile, so no device to run the kprobe self-check with (harness doctor --profile P --bind)' },
   };
   const profile = opts.profile;
   if (profile) {
@@ -283,6 +291,9 @@ export async function probeHost(opts: ProbeHostOptions = {}): Promise<HostReport
             reason: `${r.bdf} is not bound to vfio-pci (driver ${r.driver ?? 'none'}); harness doctor --bind binds it for the probe and gives it back`,
           };
       }
+      const k = await openKernelAnswers(report.devices.find((d) => d.cdev)?.cdev ?? undefined);
+      if (k.ok) k.session.stop();
+      report.kernelAnswers = k.ok ? { ok: true, reason: k.detail } : { ok: false, ...(k.broken && { broken: true }), reason: k.reason };
     } finally {
       if (binder) {
         for (const res of binder.restoreAll()) if (!res.ok) report.devices.find((d) => d.bdf === res.bdf)?.problems.push(`giving back: ${res.detail}`);
@@ -301,7 +312,7 @@ export interface Prerequisite {
   reason: string;
 }
 
-export type PrerequisiteName = 'kvm' | 'iommu' | 'iommufd' | 'vfioCdev' | 'nesting' | 'dirtyTracking' | 'pasidDevice' | 'noPasidDevice' | 'bridgeDevice';
+export type PrerequisiteName = 'kvm' | 'iommu' | 'iommufd' | 'vfioCdev' | 'nesting' | 'dirtyTracking' | 'pasidDevice' | 'noPasidDevice' | 'bridgeDevice' | 'kernelAnswers';
 export type HostPrerequisites = Record<PrerequisiteName, Prerequisite>;
 
 const yes = (reason: string): Prerequisite => ({ ok: true, reason });
@@ -432,5 +443,6 @@ export function hostPrerequisites(report: HostReport): HostPrerequisites {
       : bridge.some((d) => d.behindConventionalBridge !== false)
         ? yes(`device ${bridge.find((d) => d.behindConventionalBridge !== false)!.bdf} (role behind-bridge)`)
         : no(`no device with role behind-bridge is below a conventional PCI bridge (${bridge.map((d) => d.bdf).join(', ')})`),
+    kernelAnswers: report.kernelAnswers ? { ok: report.kernelAnswers.ok, reason: report.kernelAnswers.reason } : no('kernel answers: not probed (a report from an older harness)'),
   };
 }

@@ -1,7 +1,11 @@
+import { expect } from 'chai';
 import { join } from 'node:path';
 import { LaunchError, type Machine } from '../qemu/machine.js';
+import { skipBecause } from '../report/skip.js';
+import { errnoValue, formatHwptFlags } from '../trace/flags.js';
 import { useMachines, type MachineFixture } from '../testing/fixtures.js';
-import type { IommufdModel, KernelRecord } from '../trace/model.js';
+import type { HwptAlloc, IommufdModel, KernelRecord } from '../trace/model.js';
+import type { ViommuConfig } from '../viommu/configs.js';
 import { probeArch } from '../viommu/probe.js';
 import { LabHost } from './lab-host.js';
 import { formatsFor, iommufdModel, iommufdModelOf, l2Description, type L2Spec } from './l2.js';
@@ -13,6 +17,31 @@ export interface L2Outcome {
   machine?: Machine;
   error?: LaunchError;
 }
+
+/** The kernel's answer to a request asked directly (iommufd-probe), as LabHost.kernelAnswer gives it. */
+export interface DirectAnswer {
+  ok: boolean;
+  errno?: string;
+}
+
+/** glibc's strerror() of the errnos iommufd answers HWPT allocations with: QEMU quotes it in its error. */
+const STRERROR: Readonly<Record<string, string>> = {
+  EOPNOTSUPP: 'Operation not supported',
+  ENOENT: 'No such file or directory',
+  EINVAL: 'Invalid argument',
+  ENODEV: 'No such device',
+  ENOMEM: 'Cannot allocate memory',
+  EBUSY: 'Device or resource busy',
+  EFAULT: 'Bad address',
+};
+
+export function describeAnswer(a: DirectAnswer): string {
+  return a.ok ? 'accepted' : `refused with ${a.errno ?? 'an unknown errno'}`;
+}
+
+/** The platform a config's vIOMMU belongs to, for the host-profile check. */
+const platformOf = (c: ViommuConfig): 'vtd' | 'smmuv3' | undefined =>
+  c.viommu?.driver === 'intel-iommu' ? 'vtd' : c.viommu?.driver === 'arm-smmuv3' ? 'smmuv3' : undefined;
 
 /**
  * The lab suites' fixture: the host opened once for the describe block (its
@@ -66,6 +95,58 @@ export class LabFixture {
   /** The model of a running L2's trace so far, with the kernel's answers. */
   model(machine: Machine): Promise<IommufdModel> {
     return iommufdModel(machine, this.kernel());
+  }
+
+  /**
+   * Skips unless this host can run `config` as L2: a vIOMMU of the host's
+   * own platform (intel-iommu on a VT-d host, arm-smmuv3 on an SMMUv3 host),
+   * a machine of the host's architecture, and KVM where the config needs it.
+   */
+  requireConfig(ctx: Mocha.Context, config: ViommuConfig): void {
+    const host = this.host;
+    const platform = platformOf(config);
+    if (platform && platform !== host.profile.platform) {
+      skipBecause(ctx, `${config.name} needs an ${platform} host; host profile ${host.profile.name} is ${host.profile.platform}`);
+    }
+    const hostArch = host.profile.platform === 'smmuv3' ? 'aarch64' : 'x86_64';
+    if (config.arch !== hostArch) skipBecause(ctx, `${config.name} is an ${config.arch} machine; this ${host.profile.platform} host runs ${hostArch} L2s`);
+    if (config.requires?.includes('kvm')) host.require(ctx, 'kvm');
+  }
+
+  /**
+   * QEMU acts on the kernel's answer: where the kernel grants the request
+   * (asked directly), L2 comes up with the device attached at pasid 0; where
+   * it refuses, the launch fails quoting that errno, and nothing is left
+   * allocated.
+   */
+  expectActsOnAnswer(o: L2Outcome, direct: DirectAnswer, bdf: string): void {
+    if (direct.ok) {
+      expect(o.error, `the kernel accepts the request directly, yet L2 failed: ${o.error?.message}`).to.equal(undefined);
+      expect(o.model).to.have.attached({ pasid: 0, name: bdf });
+      return;
+    }
+    expect(o.error, `the kernel refuses the request directly (${direct.errno}), so the launch must fail`).to.be.instanceOf(LaunchError);
+    const why = direct.errno && STRERROR[direct.errno];
+    expect(o.error!.stderr).to.include(`vfio ${bdf}: Failed to allocate hwpt${why ? `: ${why}` : ''}`);
+    expect(o.model.hwptAllocs.filter((h) => h.devId === o.model.devIdOf(bdf)).every((h) => !h.ok), 'QEMU saw every allocation for the device fail').to.equal(true);
+    expect(o.model).to.have.freedEverything();
+  }
+
+  /**
+   * The kernel's answer to QEMU's request (kprobes) is its answer to the same
+   * request asked directly. A skip with the exact reason where this host
+   * cannot show the kernel's answers; never a pass without a comparison.
+   */
+  expectKernelAnswered(ctx: Mocha.Context, req: HwptAlloc | undefined, direct: DirectAnswer): void {
+    this.host.requireKernelAnswers(ctx);
+    expect(req, 'QEMU made an HWPT request for the device').to.not.equal(undefined);
+    expect(
+      req!.kernel,
+      `no kernel answer joined to QEMU's request flags=${formatHwptFlags(req!.flags)} dev_id=${req!.devId} pt_id=${req!.ptId}; kprobe records: ${JSON.stringify(this.kernel().map((k) => k.fields))}`,
+    ).to.not.equal(undefined);
+    expect(req!.kernel!.fields.ret, `the kernel's answer to QEMU (kprobe), directly it was ${describeAnswer(direct)}`).to.equal(
+      direct.ok ? 0 : errnoValue(direct.errno!),
+    );
   }
 }
 

@@ -1,10 +1,11 @@
 import { existsSync } from 'node:fs';
 import { devicesWithRole, loadProfile, profileFromEnv, type DeviceRole, type HostProfile, type ProfileDevice } from '../host/profile.js';
 import { VfioBinder, type BoundDevice } from '../host/vfio-bind.js';
-import { probeHwptAlloc, readHwInfo, type HwInfo } from '../host/hwinfo.js';
+import { decodeSmmuIdr, probeHwptAlloc, readHwInfo, type HwInfo, type Probed } from '../host/hwinfo.js';
+import { openKernelAnswers, type KernelAnswers } from '../host/kernel-answers.js';
 import { hostPrerequisites, probeHost, type HostPrerequisites, type PrerequisiteName } from '../host/report.js';
 import { skipBecause } from '../report/skip.js';
-import { KprobeSession } from '../trace/kprobes.js';
+import type { KprobeSession } from '../trace/kprobes.js';
 import type { HostCaps } from '../trace/oracle.js';
 
 /**
@@ -18,9 +19,8 @@ export class LabHost {
     readonly profile: HostProfile,
     readonly binder: VfioBinder,
     readonly bound: Map<string, BoundDevice>,
-    /** Undefined where kprobes cannot be set (with `kprobesUnavailable` saying why). */
-    readonly kprobes: KprobeSession | undefined,
-    readonly kprobesUnavailable: string | undefined,
+    /** The kernel's answers (kprobes, self-checked), or why there are none. */
+    readonly kernelAnswers: KernelAnswers,
     /** What this host can do, each with the exact reason (harness doctor's view). */
     readonly prerequisites: HostPrerequisites,
   ) {}
@@ -44,18 +44,27 @@ export class LabHost {
     binder.replayJournal();
     binder.installSignalHandlers();
     const bound = new Map((await binder.bind()).map((b) => [b.bdf, b]));
-    const kpWhy = KprobeSession.unavailableReason();
-    let kprobes: KprobeSession | undefined;
-    let kprobesUnavailable = kpWhy;
-    if (!kpWhy) {
-      try {
-        kprobes = KprobeSession.start();
-      } catch (e) {
-        kprobesUnavailable = (e as Error).message;
-      }
-    }
+    const kernelAnswers = await openKernelAnswers([...bound.values()][0]?.cdev);
     const prerequisites = hostPrerequisites(await probeHost({ profile }));
-    return new LabHost(profile, binder, bound, kprobes, kprobesUnavailable, prerequisites);
+    return new LabHost(profile, binder, bound, kernelAnswers, prerequisites);
+  }
+
+  /** The kprobe session when the kernel's answers are available (self-checked), else undefined. */
+  get kprobes(): KprobeSession | undefined {
+    return this.kernelAnswers.ok ? this.kernelAnswers.session : undefined;
+  }
+
+  /**
+   * The kprobe session, or a skip with the exact reason it is missing: for
+   * the tests that compare the kernel's answer to QEMU with its direct one.
+   * Probes that were set but failed their self-check are not a skip: that is
+   * the self-check test's failure, so here it throws.
+   */
+  requireKernelAnswers(ctx: Mocha.Context): KprobeSession {
+    const k = this.kernelAnswers;
+    if (k.ok) return k.session;
+    if (k.broken) throw new Error(`the kernel's answers cannot be trusted on this host: ${k.reason}`);
+    return skipBecause(ctx, k.reason);
   }
 
   /** Skips the current test unless the host meets `name`, with the doctor's exact reason. */
@@ -64,28 +73,24 @@ export class LabHost {
     if (!p.ok) skipBecause(ctx, p.reason);
   }
 
-  /** IOMMU_GET_HW_INFO of a bound device, or a skip saying why it cannot be read. */
+  /** IOMMU_GET_HW_INFO of a bound device; a skip where it cannot be asked, a failure where asking failed. */
   async hwInfo(ctx: Mocha.Context, cdev: string): Promise<HwInfo> {
-    const r = await readHwInfo(cdev);
-    if (!r.ok) return skipBecause(ctx, `no hw info for ${cdev}: ${r.reason}`);
-    return r.value;
+    return answered(ctx, await readHwInfo(cdev), `IOMMU_GET_HW_INFO for ${cdev}`);
   }
 
-  /** The oracle's host capabilities for a device, from its hw info. */
+  /** The oracle's host capabilities for a device, from its own hw info. */
   async hostCaps(ctx: Mocha.Context, cdev: string): Promise<HostCaps> {
-    const info = await this.hwInfo(ctx, cdev);
-    return { dirtyTracking: (info.outCapabilities & 0x1) !== 0, maxPasidLog2: info.outMaxPasidLog2 };
+    return hostCapsOf(await this.hwInfo(ctx, cdev));
   }
 
   /**
    * The kernel's own answer to IOMMU_HWPT_ALLOC with `flags` for this device,
-   * asked directly (no QEMU): 0 or a negative errno. It is what QEMU must get
-   * back for the same request.
+   * asked directly (no QEMU): it is what QEMU must get back for the same
+   * request. A skip where the helper cannot be run, a failure where it failed.
    */
   async kernelAnswer(ctx: Mocha.Context, cdev: string, flags: number): Promise<{ ok: boolean; errno?: string }> {
-    const r = await probeHwptAlloc(cdev, [flags]);
-    if (!r.ok) return skipBecause(ctx, `cannot ask the kernel directly for flags 0x${flags.toString(16)}: ${r.reason}`);
-    const res = r.value.results[0]!;
+    const r = answered(ctx, await probeHwptAlloc(cdev, [flags]), `IOMMU_HWPT_ALLOC 0x${flags.toString(16)} for ${cdev}`);
+    const res = r.results[0]!;
     return res.ok ? { ok: true } : { ok: false, ...(res.errno ? { errno: res.errno } : {}) };
   }
 
@@ -100,6 +105,22 @@ export class LabHost {
     this.kprobes?.stop();
     this.binder.restoreAll();
   }
+}
+
+/** The oracle's view of a device's hw info: dirty tracking, PASID width, and (SMMUv3) whether the SMMU has substreams. */
+export function hostCapsOf(info: HwInfo): HostCaps {
+  return {
+    dirtyTracking: (info.outCapabilities & 0x1) !== 0,
+    maxPasidLog2: info.outMaxPasidLog2,
+    ...(info.smmuv3 ? { smmuSsid: decodeSmmuIdr(info.smmuv3.idr).ssidSize > 0 } : {}),
+  };
+}
+
+/** A helper's answer; a skip when its prerequisites are missing, a failure when it ran and failed. */
+function answered<T>(ctx: Mocha.Context, r: Probed<T>, what: string): T {
+  if (r.ok) return r.value;
+  if (r.unavailable) return skipBecause(ctx, `cannot ask ${what}: ${r.reason}`);
+  throw new Error(`${what} failed: ${r.reason}`);
 }
 
 export type { HostCaps };

@@ -1,12 +1,14 @@
 import * as chai from 'chai';
 import { expect } from 'chai';
 import { useLabHost, type LabFixture } from '../../harness/lab/fixture.js';
-import { fdCount, spareRootPort, vfioPciDevice, type L2Spec } from '../../harness/lab/l2.js';
+import { fdCount, oracleViommu, spareRootPort, vfioPciDevice, type L2Spec } from '../../harness/lab/l2.js';
 import { LaunchError } from '../../harness/qemu/machine.js';
 import { QmpCommandError } from '../../harness/qmp/errors.js';
 import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
 import { skipBecause } from '../../harness/report/skip.js';
-import { loadConfig } from '../../harness/viommu/configs.js';
+import { loadConfig, type ViommuConfig } from '../../harness/viommu/configs.js';
+import { expectHwpt } from '../../harness/trace/oracle.js';
+import { formatHwptFlags } from '../../harness/trace/flags.js';
 
 chai.use(iommufdAssertions);
 
@@ -26,32 +28,39 @@ describe('iommufd: HWPTs for vfio-pci devices', function () {
   this.timeout(300_000);
   const lab = useLabHost();
 
-  it('no vIOMMU: allocates an HWPT with flags 0x0 on the IOAS, attaches pasid 0, the kernel accepts', async function () {
-    const dev = lab.host.device(this, 'no-pasid');
-    const m = await lab.launchL2({ config: loadConfig('no-viommu-q35'), devices: [{ bdf: dev.bdf, id: 'hostdev0' }] });
-    const model = await lab.model(m);
-    expect(model).to.have.allocatedHwpt({ flags: [], ptKind: 'ioas' });
-    expect(model).to.have.attached({ pasid: 0, name: dev.bdf, targetKind: 'hwpt' });
-    if (lab.host.kprobes) expect(model.hwptAllocs[0]!.kernel?.fields.ret, 'kernel answer').to.equal(0);
-  });
+  /** The oracle's parent flags for `config` and the device, and the kernel's direct answer to them. */
+  async function expectations(ctx: Mocha.Context, config: ViommuConfig, dev: { cdev: string }) {
+    lab.requireConfig(ctx, config);
+    const oracle = expectHwpt(oracleViommu(config), await lab.host.hostCaps(ctx, dev.cdev));
+    return { oracle, direct: await lab.host.kernelAnswer(ctx, dev.cdev, oracle.parent!.flags) };
+  }
 
-  it('intel-iommu fsts=on: QEMU requests NEST_PARENT, the kernel refuses with EOPNOTSUPP, the launch fails typed, the IOAS is freed', async function () {
-    const dev = lab.host.device(this, 'no-pasid');
-    const { error, model } = await failedLaunch(lab, { config: loadConfig('intel-iommu-scalable-fsts'), devices: [{ bdf: dev.bdf, id: 'hostdev0' }] });
-    expect(error.stderr).to.include(`vfio ${dev.bdf}: Failed to allocate hwpt: Operation not supported`);
-    expect(model).to.have.requestedHwpt({ flags: ['NEST_PARENT'], ptKind: 'ioas' });
-    expect(model.hwptAllocs.every((h) => h.ret < 0), 'QEMU saw the allocation fail').to.equal(true);
-    if (lab.host.kprobes) {
-      const answer = model.hwptAllocs[0]!.kernel;
-      expect(answer, `no kernel answer joined; kprobe records: ${JSON.stringify(lab.kernel())}`).to.not.equal(undefined);
-      expect(answer!.fields).to.include({ ret: -95, vendor_ret: -95 });
-    }
-    expect(model).to.have.freedEverything();
-  });
+  for (const name of ['no-viommu-q35', 'intel-iommu-scalable-fsts']) {
+    it(`${name}: QEMU requests the oracle’s flags on the IOAS and acts on the kernel’s direct answer (attach at pasid 0, or a typed failure that frees the IOAS)`, async function () {
+      const dev = lab.host.device(this, 'no-pasid');
+      const config = loadConfig(name);
+      const { oracle, direct } = await expectations(this, config, dev);
+      const outcome = await lab.launch({ config, devices: [{ bdf: dev.bdf, id: 'hostdev0' }] });
+      expect(outcome.model).to.have.requestedPerOracle(oracle);
+      expect(outcome.model).to.have.requestedHwpt({ flags: oracle.parent!.flags, ptKind: 'ioas', hwptType: 0, len: 0 });
+      lab.expectActsOnAnswer(outcome, direct, dev.bdf);
+    });
+
+    it(`${name}: the kernel answers QEMU’s request (kprobe) as it answers it directly`, async function () {
+      lab.host.requireKernelAnswers(this);
+      const dev = lab.host.device(this, 'no-pasid');
+      const config = loadConfig(name);
+      const { direct } = await expectations(this, config, dev);
+      const { model } = await lab.launch({ config, devices: [{ bdf: dev.bdf, id: 'hostdev0' }] });
+      const req = model.hwptAllocs.find((h) => h.ptKind === 'ioas');
+      lab.expectKernelAnswered(this, req, direct);
+    });
+  }
 
   it('hot-plug: device_add allocates and attaches, device_del detaches and frees the HWPT and the IOAS; 50 cycles leak no id and no fd', async function () {
     const dev = lab.host.device(this, 'no-pasid');
     const spec: L2Spec = { config: loadConfig('no-viommu-q35'), spareRootPorts: 1 };
+    lab.requireConfig(this, spec.config);
     const m = await lab.launchL2(spec);
     const bus = spareRootPort(spec);
     const cycle = async (i: number) => {
@@ -68,15 +77,23 @@ describe('iommufd: HWPTs for vfio-pci devices', function () {
     expect(model).to.have.freedEverything();
   });
 
-  it('hot-plug under intel-iommu fsts=on: device_add fails with the kernel’s refusal, typed, and leaves nothing allocated', async function () {
+  it('hot-plug under intel-iommu fsts=on: device_add attaches and device_del frees where the kernel grants the oracle’s flags; else it fails typed, leaving nothing allocated', async function () {
     const dev = lab.host.device(this, 'no-pasid');
-    const spec: L2Spec = { config: loadConfig('intel-iommu-scalable-fsts'), spareRootPorts: 1 };
+    const config = loadConfig('intel-iommu-scalable-fsts');
+    const { oracle, direct } = await expectations(this, config, dev);
+    const spec: L2Spec = { config, spareRootPorts: 1 };
     const m = await lab.launchL2(spec);
-    const err = await m.qmp.deviceAdd(vfioPciDevice({ bdf: dev.bdf, id: 'hp0' }, spareRootPort(spec)) as never).catch((e: unknown) => e);
-    expect(err).to.be.instanceOf(QmpCommandError);
-    expect((err as QmpCommandError).desc).to.include('Failed to allocate hwpt: Operation not supported');
+    const add = m.qmp.deviceAdd(vfioPciDevice({ bdf: dev.bdf, id: 'hp0' }, spareRootPort(spec)) as never);
+    if (direct.ok) {
+      await add;
+      await m.qmp.deviceDel('hp0', 10_000);
+    } else {
+      const err = await add.catch((e: unknown) => e);
+      expect(err).to.be.instanceOf(QmpCommandError);
+      expect((err as QmpCommandError).desc).to.include('Failed to allocate hwpt');
+    }
     const model = await lab.model(m);
-    expect(model).to.have.requestedHwpt({ flags: ['NEST_PARENT'] });
+    expect(model).to.have.requestedHwpt({ flags: oracle.parent!.flags });
     expect(model).to.have.freedEverything();
   });
 });
@@ -93,7 +110,9 @@ describe('iommufd: several devices, bridges', function () {
 
   it('no vIOMMU, two devices: one container; the second device reuses the first one’s HWPT (an attach, no second allocation)', async function () {
     const devices = twoDevices(this);
-    const model = await lab.model(await lab.launchL2({ config: loadConfig('no-viommu-q35'), devices }));
+    const config = loadConfig('no-viommu-q35');
+    lab.requireConfig(this, config);
+    const model = await lab.model(await lab.launchL2({ config, devices }));
     expect(model.hwptAllocs, 'HWPT allocations').to.have.length(1);
     expect(model.objects.filter((o) => o.kind === 'ioas'), 'IOAS').to.have.length(1);
     const [a, b] = devices.map((d) => model.attaches.find((x) => x.name === d.bdf));
@@ -104,30 +123,36 @@ describe('iommufd: several devices, bridges', function () {
 
   it('intel-iommu, two devices: each device has its own DMA address space behind the vIOMMU, so its own container, IOAS and HWPT', async function () {
     const devices = twoDevices(this);
-    const model = await lab.model(await lab.launchL2({ config: loadConfig('intel-iommu-caching-mode'), devices }));
+    const config = loadConfig('intel-iommu-caching-mode');
+    lab.requireConfig(this, config);
+    const model = await lab.model(await lab.launchL2({ config, devices }));
     expect(model.objects.filter((o) => o.kind === 'ioas'), 'IOAS').to.have.length(2);
     expect(model.hwptAllocs, 'HWPT allocations').to.have.length(2);
     expect(new Set(model.hwptAllocs.map((h) => h.ptId)).size, 'distinct IOAS parents').to.equal(2);
     expect(new Set(model.attaches.map((a) => a.targetId)).size, 'distinct attach targets').to.equal(2);
   });
 
-  it('fsts=on, device behind a conventional PCI bridge: refused with the bridge message (needs nesting; else NEST_PARENT is refused first)', async function () {
+  it('fsts=on, device behind a conventional PCI bridge: refused with the bridge message where the kernel grants the nesting parent; else the kernel’s refusal comes first', async function () {
     const dev = lab.host.device(this, 'no-pasid');
+    const config = loadConfig('intel-iommu-scalable-fsts');
+    lab.requireConfig(this, config);
+    const oracle = expectHwpt(oracleViommu(config), await lab.host.hostCaps(this, dev.cdev));
+    const direct = await lab.host.kernelAnswer(this, dev.cdev, oracle.parent!.flags);
     const spec: L2Spec = {
-      config: loadConfig('intel-iommu-scalable-fsts'),
+      config,
       extraDevices: [
         { driver: 'pcie-pci-bridge', id: 'br0', bus: 'pcie.0' },
         vfioPciDevice({ bdf: dev.bdf, id: 'hostdev0' }, 'br0'),
       ],
     };
     const { error: e, model } = await failedLaunch(lab, spec);
+    expect(model).to.have.requestedHwpt({ flags: oracle.parent!.flags });
     expect(model).to.have.freedEverything();
-    if (!lab.host.prerequisites.nesting.ok) {
+    if (!direct.ok) {
       // Realize allocates the HWPT before the vIOMMU checks the topology, so a
-      // host without nesting refuses NEST_PARENT before the bridge check runs.
-      expect(e.stderr).to.include('Failed to allocate hwpt: Operation not supported');
-      expect(model).to.have.requestedHwpt({ flags: ['NEST_PARENT'] });
-      skipBecause(this, `${lab.host.prerequisites.nesting.reason}: NEST_PARENT is refused before QEMU checks for the PCI bridge (that refusal and the frees were asserted)`);
+      // kernel that refuses the nesting parent answers before the bridge check runs.
+      expect(e.stderr).to.include('Failed to allocate hwpt');
+      skipBecause(this, `the kernel refuses ${formatHwptFlags(oracle.parent!.flags)} for ${dev.bdf} (${direct.errno}, asked directly), so it answers before QEMU checks for the PCI bridge (that refusal and the frees were asserted)`);
     }
     expect(e.stderr).to.match(/Host device downstream to a PCI bridge is unsupported when (fsts|x-flts|flts)=on/);
   });

@@ -10,11 +10,14 @@ import { summarizeExtCaps } from '../../harness/host/pci-config.js';
 import { profileFromEnv, type ProfileDevice } from '../../harness/host/profile.js';
 import type { HostReport, HostPrerequisites } from '../../harness/host/report.js';
 import { useLabHost } from '../../harness/lab/fixture.js';
+import { hostCapsOf } from '../../harness/lab/lab-host.js';
+import { predictHwptAlloc } from '../../harness/host/kernel-model.js';
+import { formatHwptFlags, hwptFlagsFromNames, HWPT_ALLOC_FLAGS } from '../../harness/trace/flags.js';
 import { oracleViommu, type L2Spec } from '../../harness/lab/l2.js';
 import { LaunchError } from '../../harness/qemu/machine.js';
 import { skipBecause } from '../../harness/report/skip.js';
 import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
-import { expectHwpt, type HostCaps } from '../../harness/trace/oracle.js';
+import { expectHwpt } from '../../harness/trace/oracle.js';
 import { repoRoot } from '../../harness/util/paths.js';
 import { loadConfig } from '../../harness/viommu/configs.js';
 
@@ -30,7 +33,9 @@ chai.use(iommufdAssertions);
  * must agree with the trace.
  */
 
-const EOPNOTSUPP = -95;
+/** IOMMU_HW_CAP_PCI_PASID_EXEC / _PRIV: the kernel enabled PASID with those features. */
+const HW_CAP_PASID_EXEC = 0x2;
+const HW_CAP_PASID_PRIV = 0x4;
 
 interface Dev extends ProfileDevice {
   cdev: string;
@@ -62,75 +67,72 @@ describe('PASID: HWPT flags for a PASID-capable device', function () {
 
   const hwInfo = (ctx: Mocha.Context, d: Dev): Promise<HwInfo> => lab.host.hwInfo(ctx, d.cdev);
 
-  const capsOf = (hw: HwInfo): HostCaps => ({ dirtyTracking: hw.capabilityNames.includes('DIRTY_TRACKING'), maxPasidLog2: hw.outMaxPasidLog2 });
-  const nesting = (hw: HwInfo): boolean => (hw.vtd ? summarizeVtd(hw.vtd.capReg, hw.vtd.ecapReg).nested : false);
-
   function spec(config: string, d: Dev): L2Spec {
     return { config: loadConfig(config), devices: [{ bdf: d.bdf, id: 'hostdev0' }] };
   }
 
   /**
-   * One scenario: QEMU's request equals the oracle's (from the device's own hw
-   * info), and the kernel answers it as this host's IOMMU can: nesting
-   * requests are refused with EOPNOTSUPP where the IOMMU has no nesting (the
-   * emulated VT-d), and everything else is granted and attached at pasid 0.
+   * One scenario: QEMU's request equals the oracle's (from the device's own
+   * hw info), `mustSet` are flags the series requires in it whatever the host
+   * (e.g. NEST_PARENT|PASID), and QEMU acts on the kernel's answer to the
+   * oracle's flags, asked directly: an attach at pasid 0 where the kernel
+   * grants them (a VT-d host with nesting), a typed failure that frees
+   * everything where it refuses (the emulated VT-d).
    */
-  async function scenario(ctx: Mocha.Context, config: string, d: Dev, want: { flags: string[] }) {
+  async function scenario(ctx: Mocha.Context, config: string, d: Dev, mustSet: string[]) {
+    const cfg = loadConfig(config);
+    lab.requireConfig(ctx, cfg);
     const hw = await hwInfo(ctx, d);
-    const exp = expectHwpt(oracleViommu(loadConfig(config)), capsOf(hw));
-    const { error, model } = await lab.launch(spec(config, d));
-    if (lab.host.kprobes) writeFileSync(join(lab.machines.artifactsDir, 'kprobes.trace'), lab.host.kprobes!.read());
-    expect(model).to.have.requestedPerOracle(exp);
-    expect(model).to.have.requestedHwpt({ flags: want.flags, ptKind: 'ioas', hwptType: 0, len: 0 });
-    const refused = want.flags.includes('NEST_PARENT') && !nesting(hw);
-    const answer = model.hwptAllocs[0]?.kernel;
-    if (lab.host.kprobes) expect(answer, `no kernel answer joined; kprobe records: ${JSON.stringify(lab.kernel())}`).to.not.equal(undefined);
-    if (refused) {
-      expect(error, 'L2 launch should fail: the kernel refuses the nesting parent').to.be.instanceOf(LaunchError);
-      expect(error!.stderr).to.include(`vfio ${d.bdf}: Failed to allocate hwpt: Operation not supported`);
-      // QEMU 11.1.3 traces the ioctl's -1; the errno is in its message and in the kernel's answer.
-      expect(model.hwptAllocs.every((h) => h.ret < 0), 'QEMU saw the allocation fail').to.equal(true);
-      if (answer) {
-        expect(answer.fields.ret, 'iommufd_hwpt_alloc return').to.equal(EOPNOTSUPP);
-        // The refusal is the VT-d driver's, not one of iommufd's own checks.
-        if (answer.fields.vendor !== undefined) expect(answer.fields.vendor_ret, `${String(answer.fields.vendor)} return`).to.equal(EOPNOTSUPP);
-      }
-      expect(model).to.have.freedEverything();
-    } else {
-      expect(error, `L2 launch failed: ${error?.message}`).to.equal(undefined);
-      expect(model).to.have.allocatedHwpt({ flags: want.flags, ptKind: 'ioas' });
-      expect(model).to.have.attached({ pasid: 0, name: d.bdf, targetKind: 'hwpt' });
-      if (answer) expect(answer.fields.ret, 'iommufd_hwpt_alloc return').to.equal(0);
-    }
-    return { hw, exp, model, answer };
+    const exp = expectHwpt(oracleViommu(cfg), hostCapsOf(hw));
+    const direct = await lab.host.kernelAnswer(ctx, d.cdev, exp.parent!.flags);
+    const outcome = await lab.launch(spec(config, d));
+    const k = lab.host.kprobes;
+    writeFileSync(join(lab.machines.artifactsDir, 'kprobes.trace'), k ? k.read() : `no kprobes: ${lab.host.kernelAnswers.ok ? '' : lab.host.kernelAnswers.reason}\n`);
+    expect(outcome.model).to.have.requestedPerOracle(exp);
+    const must = hwptFlagsFromNames(mustSet);
+    expect(exp.parent!.flags & must, `the oracle's ${formatHwptFlags(exp.parent!.flags)} must carry ${formatHwptFlags(must)}`).to.equal(must);
+    expect(outcome.model).to.have.requestedHwpt({ flags: exp.parent!.flags, ptKind: 'ioas', hwptType: 0, len: 0 });
+    lab.expectActsOnAnswer(outcome, direct, d.bdf);
+    return { hw, exp, direct, outcome };
   }
 
-  it('intel-iommu fsts=on, pasid-bits=20, PASID device: QEMU requests NEST_PARENT|PASID (0x9); the kernel refuses with EOPNOTSUPP; the oracle agrees', async function () {
-    const d = pasidDevice(this);
-    const hw = await hwInfo(this, d);
-    expect(hw.outMaxPasidLog2, `${d.bdf} max_pasid_log2`).to.be.greaterThan(0);
-    const { exp } = await scenario(this, 'intel-iommu-scalable-fsts-pasid', d, { flags: ['NEST_PARENT', 'PASID'] });
-    expect(exp.parent!.flags & 0x9).to.equal(0x9);
-  });
+  /** The same launch, and the kernel's answer to QEMU's request (kprobe) against its direct answer. */
+  async function kernelSide(ctx: Mocha.Context, config: string, d: Dev) {
+    lab.host.requireKernelAnswers(ctx);
+    const cfg = loadConfig(config);
+    lab.requireConfig(ctx, cfg);
+    const exp = expectHwpt(oracleViommu(cfg), hostCapsOf(await hwInfo(ctx, d)));
+    const direct = await lab.host.kernelAnswer(ctx, d.cdev, exp.parent!.flags);
+    const { model } = await lab.launch(spec(config, d));
+    lab.expectKernelAnswered(ctx, model.hwptAllocs.find((h) => h.ptKind === 'ioas'), direct);
+  }
 
-  it('intel-iommu fsts=on, pasid-bits=20, device without PASID: NEST_PARENT only (0x1), the oracle agrees', async function () {
-    const d = noPasidDevice(this);
-    const hw = await hwInfo(this, d);
-    expect(hw.outMaxPasidLog2, `${d.bdf} max_pasid_log2`).to.equal(0);
-    await scenario(this, 'intel-iommu-scalable-fsts-pasid', d, { flags: ['NEST_PARENT'] });
-  });
+  /** The scenarios: title, config, device, the flags the series requires QEMU to set. */
+  const SCENARIOS: Array<{ title: string; config: string; device: (ctx: Mocha.Context) => Dev; mustSet: string[]; pasid?: boolean }> = [
+    { title: 'intel-iommu fsts=on, pasid-bits=20, PASID device: NEST_PARENT|PASID', config: 'intel-iommu-scalable-fsts-pasid', device: pasidDevice, mustSet: ['NEST_PARENT', 'PASID'], pasid: true },
+    { title: 'intel-iommu fsts=on, pasid-bits=20, device without PASID: NEST_PARENT, no PASID', config: 'intel-iommu-scalable-fsts-pasid', device: noPasidDevice, mustSet: ['NEST_PARENT'], pasid: false },
+    { title: 'intel-iommu fsts=on without pasid-bits, PASID device: NEST_PARENT, no PASID (the vIOMMU does not want PASID attach)', config: 'intel-iommu-scalable-fsts', device: pasidDevice, mustSet: ['NEST_PARENT'] },
+    { title: 'intel-iommu fsts=off with pasid-bits=20, PASID device: no nesting parent, no PASID', config: 'intel-iommu-scalable-pasid', device: pasidDevice, mustSet: [] },
+    { title: 'no vIOMMU, PASID device: no nesting parent, no PASID', config: 'no-viommu-q35', device: pasidDevice, mustSet: [] },
+  ];
 
-  it('intel-iommu fsts=on without pasid-bits, PASID device: NEST_PARENT only (0x1): the vIOMMU does not want PASID attach', async function () {
-    await scenario(this, 'intel-iommu-scalable-fsts', pasidDevice(this), { flags: ['NEST_PARENT'] });
-  });
+  for (const sc of SCENARIOS) {
+    it(`${sc.title}: QEMU requests the oracle’s flags and acts on the kernel’s answer`, async function () {
+      const d = sc.device(this);
+      if (sc.pasid !== undefined) {
+        const hw = await hwInfo(this, d);
+        if (sc.pasid) expect(hw.outMaxPasidLog2, `${d.bdf} max_pasid_log2`).to.be.greaterThan(0);
+        else expect(hw.outMaxPasidLog2, `${d.bdf} max_pasid_log2`).to.equal(0);
+      }
+      const { exp } = await scenario(this, sc.config, d, sc.mustSet);
+      if (!sc.mustSet.includes('PASID')) expect(exp.parent!.flags & HWPT_ALLOC_FLAGS.PASID, 'no PASID flag').to.equal(0);
+      if (!sc.mustSet.includes('NEST_PARENT')) expect(exp.parent!.flags & HWPT_ALLOC_FLAGS.NEST_PARENT, 'no NEST_PARENT flag').to.equal(0);
+    });
 
-  it('intel-iommu fsts=off with pasid-bits=20, PASID device: flags 0, accepted, attached at pasid 0', async function () {
-    await scenario(this, 'intel-iommu-scalable-pasid', pasidDevice(this), { flags: [] });
-  });
-
-  it('no vIOMMU, PASID device: flags 0, accepted, attached at pasid 0', async function () {
-    await scenario(this, 'no-viommu-q35', pasidDevice(this), { flags: [] });
-  });
+    it(`${sc.title}: the kernel answers QEMU’s request (kprobe) as it answers it directly`, async function () {
+      await kernelSide(this, sc.config, sc.device(this));
+    });
+  }
 
   it('PASID capability without DevCap2 TLP prefix bits: the kernel does not enable PASID (hw info capabilities 0, max_pasid_log2 still 20); QEMU still asks for PASID per max_pasid_log2', async function () {
     const d = named(this, 'pasid-no-tlp-prefix');
@@ -140,9 +142,10 @@ describe('PASID: HWPT flags for a PASID-capable device', function () {
     expect(caps.pasid, `${d.bdf} PASID capability`).to.not.equal(undefined);
     expect(caps.pasid!.enabled, 'PASID enabled by the kernel').to.equal(false);
     const hw = await hwInfo(this, d);
-    expect({ caps: hw.outCapabilities, maxPasidLog2: hw.outMaxPasidLog2 }).to.deep.equal({ caps: 0, maxPasidLog2: 20 });
+    expect(hw.outCapabilities & (HW_CAP_PASID_EXEC | HW_CAP_PASID_PRIV), 'PASID exec/priv capabilities').to.equal(0);
+    expect(hw.outMaxPasidLog2, 'max_pasid_log2 from the capability’s Max PASID Width').to.equal(caps.pasid!.maxPasidWidth);
     // QEMU looks at max_pasid_log2 only, so the request carries PASID although the device cannot use it.
-    await scenario(this, 'intel-iommu-scalable-fsts-pasid', d, { flags: ['NEST_PARENT', 'PASID'] });
+    await scenario(this, 'intel-iommu-scalable-fsts-pasid', d, ['NEST_PARENT', 'PASID']);
   });
 });
 
@@ -153,7 +156,7 @@ describe('PASID: harness doctor on the lab host', function () {
   /** The flags the doctor asks IOMMU_HWPT_ALLOC for on each bound device. */
   const FLAGS = ['0x0', '0x1', '0x2', '0x4', '0x8', '0x9'];
 
-  it('doctor --json shows the PASID device: PASID capability enabled, max_pasid_log2=20, capabilities 0x6 (exec|priv); HWPT_ALLOC answers per the host IOMMU', async function () {
+  it('doctor --json: the PASID device as its config space and hw info show it, the kernel answers available (self-checked), and HWPT_ALLOC answers the kernel model predicts for this IOMMU', async function () {
     const profile = profileFromEnv()!;
     const r = await execa(process.execPath, [join(repoRoot, 'dist', 'harness', 'cli.js'), 'doctor', '--json', '--profile', profile, '--hwpt-flags', FLAGS.join(',')], {
       reject: false,
@@ -164,13 +167,22 @@ describe('PASID: harness doctor on the lab host', function () {
     writeFileSync(join(lab.machines.artifactsDir, 'doctor.json'), r.stdout);
     const d = lab.host.device(this, 'pasid');
     const dev = report.devices.find((x) => x.bdf === d.bdf)!;
-    expect(dev.extCaps?.pasid, `${d.bdf} PASID capability in the report`).to.include({ maxPasidWidth: 20, enabled: true, execPermissionSupported: true, privilegedModeSupported: true });
-    expect(dev.hwInfo, `hw info: ${dev.hwInfo?.reason}`).to.include({ ok: true, outMaxPasidLog2: 20, outCapabilities: 0x6 });
-    expect(dev.hwInfo!.capabilities).to.deep.equal(['PCI_PASID_EXEC', 'PCI_PASID_PRIV']);
+    const pasid = summarizeExtCaps(readPciConfig(hostPaths(), d.bdf)!).pasid;
+    expect(pasid, `${d.bdf} has a PASID capability (its profile role is pasid)`).to.not.equal(undefined);
+    expect(dev.extCaps?.pasid, `${d.bdf} PASID capability in the report`).to.deep.equal(pasid);
+    expect(pasid!.enabled, 'PASID enabled by the kernel').to.equal(true);
+    const hw = await lab.host.hwInfo(this, d.cdev);
+    expect(dev.hwInfo, `hw info: ${dev.hwInfo?.reason}`).to.include({ ok: true, outMaxPasidLog2: hw.outMaxPasidLog2, outCapabilities: hw.outCapabilities });
+    expect(hw.outMaxPasidLog2, 'max_pasid_log2 = the capability’s Max PASID Width').to.equal(pasid!.maxPasidWidth);
+    expect(dev.hwInfo!.capabilities!.includes('PCI_PASID_EXEC'), 'PCI_PASID_EXEC per the capability').to.equal(pasid!.execPermissionSupported);
+    expect(dev.hwInfo!.capabilities!.includes('PCI_PASID_PRIV'), 'PCI_PASID_PRIV per the capability').to.equal(pasid!.privilegedModeSupported);
     expect(report.prerequisites.pasidDevice.ok, report.prerequisites.pasidDevice.reason).to.equal(true);
+    expect(report.kernelAnswers, 'the doctor reports whether the kernel’s answers are available').to.include({ ok: lab.host.kernelAnswers.ok });
     const answers = Object.fromEntries((dev.hwptAlloc?.results ?? []).map((x) => [x.flags, x.ok ? 'ok' : x.errno]));
-    if (!process.env.HARNESS_VIRTUAL_LAB) skipBecause(this, `HWPT_ALLOC answers are known for the virtual lab's emulated VT-d only; here: ${JSON.stringify(answers)}`);
-    // The emulated VT-d (facts §9): no nesting and no dirty tracking; FAULT_ID_VALID with fault_id 0 names no fault object.
-    expect(answers).to.deep.equal({ '0x0': 'ok', '0x1': 'EOPNOTSUPP', '0x2': 'EOPNOTSUPP', '0x4': 'ENOENT', '0x8': 'ok', '0x9': 'EOPNOTSUPP' });
+    const predicted = Object.fromEntries(FLAGS.map((f) => [f, predictHwptAlloc(hw, Number(f))]));
+    if (Object.values(predicted).some((p) => !p)) skipBecause(this, `no kernel model for IOMMU type ${hw.outDataTypeName}: the doctor's answers ${JSON.stringify(answers)} cannot be checked`);
+    expect(answers, 'the doctor’s HWPT_ALLOC answers, against the kernel model of this IOMMU').to.deep.equal(
+      Object.fromEntries(Object.entries(predicted).map(([f, p]) => [f, p!.ok ? 'ok' : p!.errno])),
+    );
   });
 });
