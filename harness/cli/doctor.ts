@@ -1,23 +1,29 @@
 /**
- * `harness doctor [--json] [--profile PATH|NAME] [--bind] [--hwpt-flags LIST] [--root DIR]`:
- * what this host offers the scenario suites, as a table for people or JSON
- * for machines, ending with each scenario prerequisite and its reason.
- * Exit status: 0 report printed, 1 the profile is invalid or binding failed
- * to give a device back, 2 bad usage.
+ * `harness doctor`: what this host offers the scenario suites, as a table for
+ * people or JSON for machines, ending with each scenario prerequisite and its
+ * reason. Exit status: 0 report printed, 1 binding failed to give a device
+ * back, 128 bad usage or an invalid profile.
  */
 import { hostPrerequisites, probeHost, type DeviceReport, type HostReport, type Prerequisite, type VtdReport } from '../host/report.js';
 import { loadProfile, profileFromEnv, type HostProfile } from '../host/profile.js';
 import { hostPathsUnder } from '../host/sysfs.js';
-import { parseOptions } from './main.js';
+import { runCommandSpec, str, UsageError, type CommandSpec, type Io, type Parsed } from './options.js';
 
 export { hostPrerequisites, probeHost } from '../host/report.js';
 export type { HostPrerequisites, HostReport, Prerequisite, PrerequisiteName } from '../host/report.js';
 
-const USAGE = `usage: harness doctor [--json] [--profile PATH|NAME] [--bind] [--hwpt-flags 0x0,0x8,...] [--root DIR]
-  --profile    host profile (a path, or a name from qemu-configs/hosts); default $HARNESS_HOST_PROFILE
-  --bind       bind the profile's devices to vfio-pci for IOMMU_GET_HW_INFO, then give them back
-  --hwpt-flags with --bind (or devices already on vfio-pci): IOMMU_HWPT_ALLOC flags to try
-  --root       read sys/, dev/ and proc/ below DIR instead of / (fake hosts in tests)`;
+export const DOCTOR: CommandSpec = {
+  name: 'doctor',
+  summary: 'What this host offers the scenario suites: KVM, IOMMU (VT-d cap/ecap), iommufd, vfio cdev, the profile\'s devices (driver, group, PASID/ATS/PRI, iommufd hw info), and each scenario prerequisite with the reason it is met or not.',
+  options: {
+    json: { type: 'boolean', help: 'JSON instead of a table' },
+    profile: { type: 'string', value: 'PATH|NAME', help: 'host profile (a path, or a name from qemu-configs/hosts); default $HARNESS_HOST_PROFILE' },
+    bind: { type: 'boolean', help: "bind the profile's devices to vfio-pci for IOMMU_GET_HW_INFO, then give them back" },
+    'hwpt-flags': { type: 'string', value: '0x0,0x8,...', help: 'with --bind (or devices already on vfio-pci): IOMMU_HWPT_ALLOC flags to try' },
+    root: { type: 'string', value: 'DIR', help: 'read sys/, dev/ and proc/ below DIR instead of / (fake hosts in tests)' },
+  },
+  epilogue: 'exit status: 0 report printed, 1 a device could not be given back to its driver, 128 bad usage or an invalid profile',
+};
 
 export interface DoctorIo {
   stdout: NodeJS.WritableStream;
@@ -27,47 +33,37 @@ export interface DoctorIo {
 function parseFlagsList(s: string): number[] {
   return s.split(',').map((t) => {
     const v = Number(t.trim());
-    if (!t.trim() || !Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new Error(`--hwpt-flags: ${JSON.stringify(t)} is not a 32-bit number`);
+    if (!t.trim() || !Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new UsageError(`--hwpt-flags: ${JSON.stringify(t)} is not a 32-bit number`);
     return v;
   });
 }
 
-export async function doctorCommand(args: string[], io: DoctorIo = process): Promise<number> {
-  let parsed: ReturnType<typeof parseOptions>;
-  let hwptFlags: number[] | undefined;
-  try {
-    parsed = parseOptions(args, { flags: ['json', 'bind', 'help'], values: ['profile', 'hwpt-flags', 'root'] });
-    if (parsed.positional.length) throw new Error(`unexpected argument ${JSON.stringify(parsed.positional[0])}`);
-    const f = parsed.opts.get('hwpt-flags')?.at(-1);
-    if (f !== undefined) hwptFlags = parseFlagsList(f);
-  } catch (e) {
-    io.stderr.write(`harness doctor: ${(e as Error).message}\n${USAGE}\n`);
-    return 2;
-  }
-  if (parsed.flags.has('help')) {
-    io.stdout.write(`${USAGE}\n`);
-    return 0;
-  }
-  const profileArg = parsed.opts.get('profile')?.at(-1) ?? profileFromEnv();
+export function doctorCommand(args: string[], io: DoctorIo = process): Promise<number> {
+  return runCommandSpec(DOCTOR, args, doctor, io);
+}
+
+async function doctor({ values }: Parsed, io: Io): Promise<number> {
+  const f = str(values, 'hwpt-flags');
+  const hwptFlags = f === undefined ? undefined : parseFlagsList(f);
+  const profileArg = str(values, 'profile') ?? profileFromEnv();
   let profile: HostProfile | undefined;
   if (profileArg) {
     try {
       profile = loadProfile(profileArg);
     } catch (e) {
-      io.stderr.write(`harness doctor: ${(e as Error).message}\n`);
-      return 1;
+      throw new UsageError((e as Error).message, false);
     }
   }
-  const root = parsed.opts.get('root')?.at(-1);
+  const root = str(values, 'root');
   const report = await probeHost({
     ...(root && { paths: hostPathsUnder(root) }),
     ...(profile && { profile }),
-    bind: parsed.flags.has('bind'),
+    bind: values.bind === true,
     ...(hwptFlags && { hwptFlags }),
     binder: { log: (l) => io.stderr.write(`harness doctor: ${l}\n`) },
   });
   const prerequisites = hostPrerequisites(report);
-  if (parsed.flags.has('json')) io.stdout.write(`${JSON.stringify({ ...report, prerequisites }, null, 2)}\n`);
+  if (values.json) io.stdout.write(`${JSON.stringify({ ...report, prerequisites }, null, 2)}\n`);
   else io.stdout.write(formatReport(report, prerequisites));
   return report.devices.some((d) => d.problems.some((p) => p.startsWith('giving back'))) ? 1 : 0;
 }

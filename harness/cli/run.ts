@@ -1,67 +1,250 @@
-import { existsSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
+/**
+ * `harness run`: the harness's suites with its reporter, and an exit status
+ * `git bisect run` can act on:
+ *
+ *   0    every test that ran passed
+ *   1    a test failed
+ *   125  this commit cannot be tested: a named QEMU exists but does not run
+ *        as QEMU (a broken build), or nothing could run (every test skipped,
+ *        or every QEMU-needing test skipped for want of a usable QEMU)
+ *   128  bad usage or bad input (unknown option or suite, a QEMU path that
+ *        does not exist or is not executable, a bad profile, a --grep that
+ *        matches nothing): stops the bisection instead of blaming a commit
+ */
+import { readFileSync } from 'node:fs';
+import { isAbsolute, join, resolve } from 'node:path';
 import Mocha from 'mocha';
 import HarnessReporter from '../report/mocha-reporter.js';
-import { repoRoot } from '../util/paths.js';
-import { parseOptions } from './main.js';
+import type { TestResult } from '../report/junit.js';
 import { loadProfile, profileFromEnv, resolveProfilePath } from '../host/profile.js';
 import { replayVfioJournal } from '../host/vfio-bind.js';
+import { ARCHES, envVarsFor, findQemu, qemuVersion, QemuNotFoundError, type Arch } from '../qemu/binary.js';
+import {
+  collectTests,
+  filterTests,
+  fullTitle,
+  grepRegExp,
+  repeatTests,
+  resultKey,
+  SUITES,
+  suiteFiles,
+  testKey,
+  type ListedTest,
+} from '../testing/test-list.js';
+import { artifactsRoot } from '../util/paths.js';
+import { EXIT, runCommandSpec, str, strs, UsageError, type CommandSpec, type Io, type Parsed } from './options.js';
 
-/** The suites `harness run` knows, as folders of compiled tests. */
-export const SUITES = ['qemu', 'guest', 'virtual-lab', 'lab'] as const;
+export { SUITES } from '../testing/test-list.js';
 
-/**
- * Exit codes for `git bisect run`: good, bad, "cannot test this commit", and
- * a harness error (bad option, bad profile) that must stop the bisection
- * rather than mark a commit bad.
- */
-export const EXIT = { passed: 0, failed: 1, nothingRan: 125, harnessError: 128 } as const;
+/** Kept for callers of the old name: the bisect meanings of the shared exit statuses. */
+export const RUN_EXIT = { passed: EXIT.ok, failed: EXIT.failed, untestable: EXIT.untestable, harnessError: EXIT.usage } as const;
 
-export async function runCommand(args: string[]): Promise<number> {
-  try {
-    return await run(args);
-  } catch (e) {
-    console.error(`harness run: ${(e as Error).message}\n(exit ${EXIT.harnessError}: stops git bisect run)`);
-    return EXIT.harnessError;
-  }
+/** Where a skip says "no QEMU" (harness/testing/prereqs.ts requireQemu). */
+const NO_QEMU_SKIP = /^no usable QEMU\b/;
+
+export const RUN: CommandSpec = {
+  name: 'run',
+  summary: "Runs the harness's suites (qemu, guest, virtual-lab, lab; all by default) against the QEMU it finds: an option, then $QEMU_X86_64 / $QEMU_AARCH64 (or $QEMU), then the host profile's qemu paths, then the reference QEMU.",
+  options: {
+    suite: { type: 'string', multiple: true, value: 'NAME', help: `a suite to run: ${SUITES.join(', ')}` },
+    spec: { type: 'string', multiple: true, value: 'FILE', help: 'a compiled test file to run (instead of or beside --suite)' },
+    grep: { type: 'string', value: 'REGEXP', help: "only tests whose full title matches (mocha's --grep); reaches L1's lab tests in the virtual lab" },
+    failed: { type: 'boolean', help: "only the tests that failed in the last run (its results.json under $HARNESS_ARTIFACTS/latest)" },
+    repeat: { type: 'string', value: 'N', help: 'run each selected test N times in a row (flakiness before a bisect)' },
+    list: { type: 'boolean', help: 'print the tests a run would execute (with L1\'s under the virtual-lab suite) and exit' },
+    json: { type: 'boolean', help: 'with --list: JSON objects {file, path, title}' },
+    junit: { type: 'string', value: 'PATH', help: 'JUnit XML here (default $HARNESS_JUNIT, else artifacts/junit.xml)' },
+    profile: { type: 'string', value: 'NAME|PATH', help: 'host profile for the lab suites (default $HARNESS_HOST_PROFILE)' },
+    'qemu-x86_64': { type: 'string', value: 'PATH', help: 'the QEMU for x86_64 (sets $QEMU_X86_64 for every layer)' },
+    'qemu-aarch64': { type: 'string', value: 'PATH', help: 'the QEMU for aarch64 (sets $QEMU_AARCH64)' },
+    'l2-qemu-x86_64': { type: 'string', value: 'PATH', help: "the QEMU the lab suites run as L2 for x86_64 (sets $HARNESS_L2_QEMU_X86_64; default: L0's)" },
+    'l2-qemu-aarch64': { type: 'string', value: 'PATH', help: 'the same for aarch64 (sets $HARNESS_L2_QEMU_AARCH64)' },
+  },
+  epilogue: `exit status (for git bisect run):
+  0    every test that ran passed
+  1    a test failed
+  125  cannot test this commit: a named QEMU exists but does not run as QEMU,
+       every test skipped, or every QEMU-needing test skipped for want of a QEMU
+  128  bad usage or input: unknown option, suite or stray argument, a QEMU path
+       that does not exist or is not executable, a bad profile, a --grep (or
+       --failed) that selects nothing`,
+};
+
+export function runCommand(args: string[], io: Io = process): Promise<number> {
+  return runCommandSpec(RUN, args, run, io);
 }
 
-async function run(args: string[]): Promise<number> {
-  const { opts } = parseOptions(args, { values: ['suite', 'grep', 'junit', 'qemu-x86_64', 'qemu-aarch64', 'profile'] });
+/** Environment variables naming the QEMU that the lab suites run as L2. */
+export const l2EnvVar = (arch: Arch): string => `HARNESS_L2_QEMU_${arch.toUpperCase()}`;
+
+/**
+ * Every QEMU this run was told to use, checked before any test: a path that
+ * does not exist or is not executable is bad input (128); one that does not
+ * answer --version like QEMU is a broken build (125). Returns the arches
+ * that have a usable QEMU, and the reason for those that have none.
+ */
+async function checkQemus(origins: Map<string, string>): Promise<{ usable: Arch[]; broken?: string; missing: string[] }> {
+  const usable: Arch[] = [];
+  const missing: string[] = [];
+  for (const arch of ARCHES) {
+    // What the user named for L0 (findQemu's rule: $QEMU only when its name says this arch), and for L2.
+    const named = envVarsFor(arch)
+      .map((v) => [v, process.env[v]] as const)
+      .find(([v, p]) => p && (v !== 'QEMU' || p.endsWith(`qemu-system-${arch}`)));
+    const wanted: Array<{ origin: string; path?: string; l2: boolean }> = [
+      named ? { origin: origins.get(named[0]) ?? `$${named[0]}`, path: named[1]!, l2: false } : { origin: 'the reference QEMU', l2: false },
+      ...(process.env[l2EnvVar(arch)] ? [{ origin: origins.get(l2EnvVar(arch)) ?? `$${l2EnvVar(arch)}`, path: process.env[l2EnvVar(arch)]!, l2: true }] : []),
+    ];
+    for (const w of wanted) {
+      let bin;
+      try {
+        bin = w.path ? findQemu(arch, { path: w.path }) : findQemu(arch);
+      } catch (e) {
+        if (!(e instanceof QemuNotFoundError)) throw e;
+        // No reference QEMU installed is no usage error: its tests skip, and the exit status says so.
+        if (!w.path) {
+          missing.push(e.message);
+          continue;
+        }
+        // findQemu names its path option; say where the path really came from.
+        throw new UsageError(e.message.replace(`--qemu-${arch}`, w.origin), false);
+      }
+      try {
+        await qemuVersion(bin);
+        if (!w.l2) usable.push(arch);
+      } catch (e) {
+        if (!w.path) {
+          missing.push(`the reference QEMU for ${arch}: ${(e as Error).message}`);
+          continue;
+        }
+        return { usable, missing, broken: `the ${w.l2 ? 'L2 ' : ''}QEMU for ${arch} (${w.origin}) does not run: ${(e as Error).message}` };
+      }
+    }
+  }
+  return { usable, missing };
+}
+
+/** The failed tests of the last run, by the reporter's key; hook failures select their whole suite. */
+function lastFailures(): { tests: Set<string>; suites: Set<string>; file: string } {
+  const file = join(artifactsRoot(), 'latest', 'results.json');
+  let results: TestResult[];
+  try {
+    results = JSON.parse(readFileSync(file, 'utf8')) as TestResult[];
+  } catch (e) {
+    throw new UsageError(`--failed: cannot read the last run's results ${file}: ${(e as Error).message}`, false);
+  }
+  const tests = new Set<string>();
+  const suites = new Set<string>();
+  for (const r of results.filter((x) => x.state === 'failed')) {
+    if (/^"(before|after) (all|each)" hook/.test(r.title)) suites.add(r.suite);
+    else tests.add(resultKey(r));
+  }
+  if (!tests.size && !suites.size) throw new UsageError(`--failed: the last run (${file}) has no failed test`, false);
+  return { tests, suites, file };
+}
+
+async function run({ values }: Parsed, io: Io): Promise<number> {
+  const list = values.list === true;
+  if (values.json && !list) throw new UsageError('--json goes with --list');
+  const repeatText = str(values, 'repeat');
+  const repeat = repeatText === undefined ? 1 : Number(repeatText);
+  if (!Number.isInteger(repeat) || repeat < 1) throw new UsageError(`--repeat wants a whole number of at least 1, not ${JSON.stringify(repeatText)}`);
+  const suites = strs(values, 'suite');
+  for (const s of suites) if (!(SUITES as readonly string[]).includes(s)) throw new UsageError(`unknown suite ${JSON.stringify(s)} (known: ${SUITES.join(', ')})`);
+  const specs = strs(values, 'spec').map((f) => (isAbsolute(f) ? f : resolve(f)));
+  const grep = str(values, 'grep');
+  let grepRe: RegExp | undefined;
+  try {
+    grepRe = grep === undefined ? undefined : grepRegExp(grep);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+
   // The binary choice reaches every layer (and the virtual lab's L1) through
   // the environment: an option wins over the environment, which wins over the
   // host profile's qemu paths; the reference QEMU comes last.
-  const profileName = opts.get('profile')?.at(-1);
-  if (profileName) process.env.HARNESS_HOST_PROFILE = resolveProfilePath(profileName);
-  const profile = profileFromEnv() ? loadProfile(profileFromEnv()!) : undefined;
-  for (const arch of ['x86_64', 'aarch64'] as const) {
-    const p = opts.get(`qemu-${arch}`)?.at(-1) ?? process.env[`QEMU_${arch.toUpperCase()}`] ?? profile?.qemu[arch];
-    if (p) process.env[`QEMU_${arch.toUpperCase()}`] = p;
+  const profileName = str(values, 'profile');
+  let profile;
+  try {
+    if (profileName) process.env.HARNESS_HOST_PROFILE = resolveProfilePath(profileName);
+    profile = profileFromEnv() ? loadProfile(profileFromEnv()!) : undefined;
+  } catch (e) {
+    throw new UsageError((e as Error).message, false);
+  }
+  const origins = new Map<string, string>();
+  for (const arch of ARCHES) {
+    const v = `QEMU_${arch.toUpperCase()}`;
+    const opt = str(values, `qemu-${arch}`);
+    const fromEnv = process.env[v];
+    const p = opt ?? fromEnv ?? profile?.qemu[arch];
+    if (p) process.env[v] = p;
+    if (opt) origins.set(v, `--qemu-${arch}`);
+    else if (!fromEnv && p) origins.set(v, `host profile ${profile!.name} (qemu.${arch})`);
+    const l2 = str(values, `l2-qemu-${arch}`);
+    if (l2) {
+      process.env[l2EnvVar(arch)] = l2;
+      origins.set(l2EnvVar(arch), `--l2-qemu-${arch}`);
+    }
+  }
+  if (str(values, 'junit')) process.env.HARNESS_JUNIT = str(values, 'junit');
+  if (repeat > 1) process.env.HARNESS_REPEAT = String(repeat);
+
+  const mocha = new Mocha({ reporter: HarnessReporter, timeout: 120_000, slow: 5_000 });
+  const files = [...(suites.length || !specs.length ? suiteFiles(suites.length ? suites : SUITES) : []), ...specs];
+  for (const f of files) mocha.addFile(f);
+  await mocha.loadFilesAsync();
+
+  const all = collectTests(mocha.suite);
+  const failures = values.failed ? lastFailures() : undefined;
+  const selected = (t: Mocha.Test, l: ListedTest): boolean =>
+    (!grepRe || grepRe.test(fullTitle(l))) &&
+    (!failures || failures.tests.has(testKey(l)) || [...failures.suites].some((s) => testKey(l).startsWith(`${s} › `)));
+  const keep = new Set(all.filter(({ test, listed }) => selected(test, listed)).map(({ test }) => test));
+  if (!keep.size) {
+    const what = [grep !== undefined && `--grep ${JSON.stringify(grep)}`, failures && `the failures of the last run (${failures.file})`].filter(Boolean).join(' and ');
+    throw new UsageError(`${what || 'the selection'} matches none of the ${all.length} tests in ${files.length} files (${suites.length ? suites.join(', ') : specs.length ? 'the --spec files' : 'every suite'})`);
+  }
+  filterTests(mocha.suite, (t) => keep.has(t));
+  if (repeat > 1) repeatTests(mocha.suite, repeat);
+
+  if (list) {
+    const listed = collectTests(mocha.suite).map((x) => x.listed);
+    if (values.json) io.stdout.write(`${JSON.stringify(listed)}\n`);
+    else {
+      for (const l of listed) io.stdout.write(`${testKey(l)}\n`);
+      io.stdout.write(`${listed.length} tests\n`);
+    }
+    return EXIT.ok;
+  }
+
+  const qemus = await checkQemus(origins);
+  if (qemus.broken) {
+    io.stderr.write(`harness run: ${qemus.broken}\n(exit ${EXIT.untestable}: this commit cannot be tested; git bisect run skips it)\n`);
+    return EXIT.untestable;
   }
   // Devices a killed run left on vfio-pci go back to their drivers first.
   if (profile) {
     const journal = process.env.HARNESS_VFIO_JOURNAL;
-    for (const r of replayVfioJournal(profile, journal ? { journal } : {})) console.error(`harness run: ${r.ok ? 'gave back' : 'could not give back'} ${r.bdf} (left by a killed run): ${r.detail}`);
+    for (const r of replayVfioJournal(profile, journal ? { journal } : {})) io.stderr.write(`harness run: ${r.ok ? 'gave back' : 'could not give back'} ${r.bdf} (left by a killed run): ${r.detail}\n`);
   }
-  if (opts.get('junit')) process.env.HARNESS_JUNIT = opts.get('junit')!.at(-1)!;
-  const suites = opts.get('suite') ?? [...SUITES];
-  for (const s of suites) {
-    if (!(SUITES as readonly string[]).includes(s)) throw new Error(`unknown suite ${JSON.stringify(s)} (known: ${SUITES.join(', ')})`);
-  }
-  const mocha = new Mocha({ reporter: HarnessReporter, timeout: 120_000, slow: 5_000 });
-  const grep = opts.get('grep')?.at(-1);
-  if (grep) mocha.grep(grep);
   const { mochaHooks } = await import('../testing/root-hooks.js');
   mocha.rootHooks(mochaHooks);
-  for (const s of suites) {
-    const dir = join(repoRoot, 'dist', 'tests', s);
-    if (!existsSync(dir)) continue;
-    for (const f of readdirSync(dir, { recursive: true }) as string[]) if (f.endsWith('.test.js')) mocha.addFile(join(dir, f));
-  }
-  await mocha.loadFilesAsync();
+  let noQemuSkips = 0;
   const stats = await new Promise<Mocha.Stats | undefined>((resolve) => {
     const runner = mocha.run(() => resolve(runner.stats));
+    runner.on(Mocha.Runner.constants.EVENT_TEST_PENDING, (t: Mocha.Test & { skipReason?: string }) => {
+      if (NO_QEMU_SKIP.test(t.skipReason ?? '')) noQemuSkips++;
+    });
   });
-  if (!stats || stats.passes + stats.failures === 0) return EXIT.nothingRan;
-  return stats.failures > 0 ? EXIT.failed : EXIT.passed;
+  if (!stats) return EXIT.untestable;
+  if (stats.failures > 0) return EXIT.failed;
+  if (stats.passes === 0) {
+    io.stderr.write(`harness run: no test ran (${stats.pending} skipped)\n(exit ${EXIT.untestable}: nothing could run; git bisect run skips this commit)\n`);
+    return EXIT.untestable;
+  }
+  if (noQemuSkips > 0 && qemus.usable.length === 0) {
+    io.stderr.write(`harness run: ${noQemuSkips} tests skipped for want of a usable QEMU and no arch has one:\n  ${qemus.missing.join('\n  ')}\n(exit ${EXIT.untestable}: git bisect run skips this commit)\n`);
+    return EXIT.untestable;
+  }
+  return EXIT.ok;
 }

@@ -7,6 +7,8 @@ export interface TestResult {
   error?: string;
   skipReason?: string;
   artifactsDir?: string;
+  /** The test file that defines it (lets the virtual lab tell a missing suite file from a crash). */
+  file?: string;
 }
 
 const xmlEscape = (s: string): string =>

@@ -33,6 +33,7 @@ export default class HarnessReporter extends Mocha.reporters.Spec {
       if (err) r.error = err.stack ?? String(err);
       if (state === 'skipped') r.skipReason = t.skipReason ?? 'skipped without a reason';
       if (t.artifactsDir) r.artifactsDir = t.artifactsDir;
+      if (t.file) r.file = t.file;
       this.results.push(r);
     };
     runner.on(Mocha.Runner.constants.EVENT_TEST_PASS, (t: T) => add(t, 'passed'));
@@ -51,9 +52,13 @@ export default class HarnessReporter extends Mocha.reporters.Spec {
         mkdirSync(runArtifactsDir(), { recursive: true });
         writeFileSync(join(runArtifactsDir(), 'junit.xml'), xml);
       }
-      // Machine-readable results, for a run inside the virtual lab's L1 whose
-      // results the L0 run merges into its own report.
-      if (process.env.HARNESS_RESULTS_JSON) writeFileSync(process.env.HARNESS_RESULTS_JSON, JSON.stringify(this.results, null, 1));
+      // Machine-readable results: in the run's folder for `harness run --failed`,
+      // and at HARNESS_RESULTS_JSON for a run inside the virtual lab's L1 whose
+      // results the L0 run checks and merges into its own report.
+      const json = JSON.stringify(this.results, null, 1);
+      mkdirSync(runArtifactsDir(), { recursive: true });
+      writeFileSync(join(runArtifactsDir(), 'results.json'), json);
+      if (process.env.HARNESS_RESULTS_JSON) writeFileSync(process.env.HARNESS_RESULTS_JSON, json);
       // Mocha's own epilogue was registered first and has printed by now;
       // synchronous, because with --exit mocha ends the process right after.
       console.log(`\n${summaryText(this.results)}\nJUnit: ${path}\nArtifacts: ${runArtifactsDir()}`);

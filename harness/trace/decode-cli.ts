@@ -1,13 +1,24 @@
 /**
  * `harness trace decode FILE [--json] [--formats PATH]`: one record per line
  * (JSON objects with --json), diagnostics on stderr. Exit status: 0 clean,
- * 1 when some line of a known event did not parse, 2 on bad usage or I/O.
+ * 1 when some line of a known event did not parse, 128 on bad usage or a
+ * file that cannot be read (the harness's one exit policy, cli/options.ts).
  */
 import { defaultTraceEventsPath, TraceFormats, type FieldValue } from './formats.js';
 import { decodedFields } from './flags.js';
 import { parseTraceFile, type ParsedLine } from './parse.js';
+import { runCommandSpec, str, UsageError, type CommandSpec, type Parsed } from '../cli/options.js';
 
-const USAGE = 'usage: harness trace decode FILE [--json] [--formats PATH]';
+export const TRACE_DECODE: CommandSpec = {
+  name: 'trace decode',
+  positionals: ['FILE'],
+  summary: "QEMU log-backend trace lines (a machine's trace.log) as records: text for people, one JSON object per line with --json; flags and enums named. Lines that do not parse go to stderr with file and line.",
+  options: {
+    json: { type: 'boolean', help: 'one JSON object per line' },
+    formats: { type: 'string', value: 'PATH', help: "the build's trace-events-all (default: the reference QEMU's)" },
+  },
+  epilogue: 'exit status: 0 every line decoded, 1 some line of a known event did not parse, 128 bad usage or a file that cannot be read',
+};
 
 /** JSON with bigints written as plain numbers (JSON has no size limit; JS does). */
 export function recordJson(p: Exclude<ParsedLine, { kind: 'diagnostic' }>): string {
@@ -52,43 +63,21 @@ export interface DecodeIo {
   stderr: NodeJS.WritableStream;
 }
 
-export async function traceDecode(argv: string[], io: DecodeIo = process): Promise<number> {
+export function traceDecode(argv: string[], io: DecodeIo = process): Promise<number> {
+  return runCommandSpec(TRACE_DECODE, argv, decode, io);
+}
+
+async function decode({ values, positionals }: Parsed, io: DecodeIo): Promise<number> {
   const { stdout, stderr } = io;
-  let file: string | undefined;
-  let json = false;
-  let formatsPath: string | undefined;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === '--json') json = true;
-    else if (a === '--formats') {
-      formatsPath = argv[++i];
-      if (formatsPath === undefined) {
-        stderr.write(`--formats needs a path\n${USAGE}\n`);
-        return 2;
-      }
-    } else if (a === '-h' || a === '--help') {
-      stdout.write(`${USAGE}\n`);
-      return 0;
-    } else if (a.startsWith('-')) {
-      stderr.write(`unknown option ${a}\n${USAGE}\n`);
-      return 2;
-    } else if (file === undefined) file = a;
-    else {
-      stderr.write(`one FILE only (got ${file} and ${a})\n${USAGE}\n`);
-      return 2;
-    }
-  }
-  if (file === undefined) {
-    stderr.write(`${USAGE}\n`);
-    return 2;
-  }
+  const file = positionals[0]!;
+  const json = values.json === true;
+  const formatsPath = str(values, 'formats');
   const fp = formatsPath ?? defaultTraceEventsPath();
   let formats: TraceFormats;
   try {
     formats = await TraceFormats.load(fp);
   } catch (e) {
-    stderr.write(`${(e as Error).message}${formatsPath ? '' : ' (install the reference QEMU: scripts/install-qemu.sh, or pass --formats)'}\n`);
-    return 2;
+    throw new UsageError(`${(e as Error).message}${formatsPath ? '' : ' (install the reference QEMU: scripts/install-qemu.sh, or pass --formats)'}`, false);
   }
   let out: string[] = [];
   let diagnostics = 0;
@@ -110,8 +99,7 @@ export async function traceDecode(argv: string[], io: DecodeIo = process): Promi
       if (out.length >= 4096) pending = pending.then(flush);
     });
   } catch (e) {
-    stderr.write(`${file}: ${(e as Error).message}\n`);
-    return 2;
+    throw new UsageError(`${file}: ${(e as Error).message}`, false);
   }
   await pending;
   await flush();

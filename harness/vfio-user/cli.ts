@@ -8,24 +8,24 @@
  * With --once it exits after the first client session and prints the server's
  * counters as JSON; otherwise it serves until SIGINT or SIGTERM.
  */
-import { parseArgs } from 'node:util';
+import { EXIT, runCommandSpec, str, UsageError, type CommandSpec, type Parsed } from '../cli/options.js';
 import { deviceDescriptions, loadDeviceDescription } from './devices/index.js';
 import { startVfioUserServer } from './server.js';
 
-const usage = `usage: cli.js --socket PATH --device NAME|FILE.json [--once]\n  built-in devices: ${Object.keys(deviceDescriptions).join(', ')}`;
+const SPEC: CommandSpec = {
+  name: 'vfio-user/cli.js',
+  summary: `Serves one synthetic PCIe device over vfio-user, for a QEMU started by hand (-device vfio-user-pci,socket=...). Prints "listening PATH" once QEMU may connect; logs go to stderr. Built-in devices: ${Object.keys(deviceDescriptions).join(', ')}.`,
+  options: {
+    socket: { type: 'string', value: 'PATH', help: 'the unix socket to listen on (required)' },
+    device: { type: 'string', value: 'NAME|FILE.json', help: 'a built-in device or a description file (required)' },
+    once: { type: 'boolean', help: "exit after the first client session and print the server's counters as JSON" },
+  },
+  epilogue: 'exit status: 0 served until the session ended or SIGINT/SIGTERM, 1 the server failed, 128 bad usage',
+};
 
-async function main(): Promise<number> {
-  let values: { socket?: string; device?: string; once?: boolean };
-  try {
-    ({ values } = parseArgs({ options: { socket: { type: 'string' }, device: { type: 'string' }, once: { type: 'boolean' } }, strict: true }));
-  } catch (e) {
-    process.stderr.write(`${(e as Error).message}\n${usage}\n`);
-    return 2;
-  }
-  if (!values.socket || !values.device) {
-    process.stderr.write(`${!values.socket ? '--socket' : '--device'} is required\n${usage}\n`);
-    return 2;
-  }
+async function main({ values: v }: Parsed): Promise<number> {
+  const values = { socket: str(v, 'socket'), device: str(v, 'device'), once: v.once === true };
+  if (!values.socket || !values.device) throw new UsageError(`${!values.socket ? '--socket' : '--device'} is required`);
   const server = await startVfioUserServer({
     socketPath: values.socket,
     device: loadDeviceDescription(values.device),
@@ -47,10 +47,10 @@ async function main(): Promise<number> {
   return 0;
 }
 
-main().then(
+runCommandSpec(SPEC, process.argv.slice(2), main).then(
   (code) => process.exit(code),
   (e: Error) => {
     process.stderr.write(`${e.message}\n`);
-    process.exit(1);
+    process.exit(EXIT.failed);
   },
 );

@@ -29,9 +29,10 @@ describe('harness CLI', function () {
     expect(r.stderr).to.include('/bin/true is not QEMU');
   });
 
-  it('run exits 125 when nothing could run (git bisect: skip this commit)', async () => {
+  it('run refuses a --grep that matches nothing as bad usage (128), not "nothing could run"', async () => {
     const r = await cli(['run', '--suite', 'qemu', '--grep', 'no test is named like this 7f3a'], { HARNESS_ARTIFACTS: join(tmpdir(), `harness-cli-test-${process.pid}`) });
-    expect(r.exitCode, r.stdout + r.stderr).to.equal(125);
+    expect(r.exitCode, r.stdout + r.stderr).to.equal(128);
+    expect(r.stderr).to.include('--grep "no test is named like this 7f3a" matches none of the');
   });
 
   it('run stops a bisection (128) on a harness error, naming it', async () => {
@@ -45,7 +46,7 @@ describe('harness CLI', function () {
 
   it('rejects an unknown command with the usage', async () => {
     const r = await cli(['frobnicate']);
-    expect(r.exitCode).to.equal(2);
+    expect(r.exitCode).to.equal(128);
     expect(r.stderr).to.include('unknown command').and.include('usage: harness');
   });
 });

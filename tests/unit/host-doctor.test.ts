@@ -171,14 +171,14 @@ describe('host doctor', () => {
     expect(t.out()).to.match(/skip nesting {8}host IOMMU dmar0 has no nesting \(ecap\.NEST=0\)/);
   });
 
-  it('exits 2 on bad usage and 1 on a bad profile, naming the problem', async () => {
+  it('exits 128 on bad usage and on a bad profile, naming the problem', async () => {
     const a = capture();
-    expect(await doctorCommand(['--hwpt-flags', '0x1,zz'], a.io)).to.equal(2);
+    expect(await doctorCommand(['--hwpt-flags', '0x1,zz'], a.io)).to.equal(128);
     expect(a.err()).to.match(/^harness doctor: --hwpt-flags: "zz" is not a 32-bit number/);
     const b = capture();
     const bad = join(root, 'bad.yaml');
     writeFileSync(bad, 'name: x\nplatform: vtd\ndevices:\n  - {bdf: 0000:1:00.0, role: pasid}\n');
-    expect(await doctorCommand(['--profile', bad], b.io)).to.equal(1);
+    expect(await doctorCommand(['--profile', bad], b.io)).to.equal(128);
     expect(b.err()).to.equal(`harness doctor: ${bad}: devices[0].bdf: "0000:1:00.0" is not a PCI address (DDDD:BB:DD.F)\n`);
   });
 

@@ -50,15 +50,15 @@ describe('trace decode CLI', function () {
     expect(r.out).to.include('5: [unknown-event] iommufd_backend_get_device_info');
   });
 
-  it('exits 2 on bad usage or a missing file, naming the problem', async function () {
-    expect((await run([])).code).to.equal(2);
-    expect((await run(['a', 'b'])).err).to.include('one FILE only');
+  it('exits 128 on bad usage or a missing file, naming the problem', async function () {
+    expect((await run([])).code).to.equal(128);
+    expect((await run(['a', 'b'])).err).to.include('unexpected argument "b"');
     expect((await run(['x', '--bogus'])).err).to.include('unknown option --bogus');
     const missing = await run([join(FIX, 'no-such.log'), '--formats', FORMATS]);
-    expect(missing.code).to.equal(2);
+    expect(missing.code).to.equal(128);
     expect(missing.err).to.include('no-such.log');
     const noFormats = await run([join(FIX, 'garbled.log'), '--formats', join(FIX, 'nope')]);
-    expect(noFormats.code).to.equal(2);
+    expect(noFormats.code).to.equal(128);
     expect(noFormats.err).to.include('trace-events file');
   });
 });

@@ -46,7 +46,7 @@ describe('vfio-user server command line', function () {
 
   it('names a missing option and an unknown device', async () => {
     const missing = await execa('node', [CLI, '--device', 'plain-endpoint'], { reject: false, timeout: 10_000 });
-    expect(missing.exitCode).to.equal(2);
+    expect(missing.exitCode).to.equal(128);
     expect(missing.stderr).to.match(/--socket is required/);
     const unknown = await execa('node', [CLI, '--socket', join(tmpdir(), 'never.sock'), '--device', 'gpu'], { reject: false, timeout: 10_000 });
     expect(unknown.exitCode).to.equal(1);
