@@ -5,16 +5,37 @@
 # own dynamic loader (see harness/qemu/binary.ts); wrappers in qemu/bin/ do the
 # same for people.
 #
-#   scripts/install-qemu.sh            install if absent (a no-op when present)
-#   scripts/install-qemu.sh --update   reinstall whatever sid has now
+# --release installs another Debian release's QEMU the same way into its own
+# folder, qemu-<release>: an older QEMU (trixie's 10.0) the project's tests
+# run as a user's QEMU would (--qemu-x86_64 .../qemu-trixie/bin/qemu-system-x86_64).
+#
+#   scripts/install-qemu.sh                     install if absent (a no-op when present)
+#   scripts/install-qemu.sh --update            reinstall whatever sid has now
+#   scripts/install-qemu.sh --release trixie    trixie's QEMU into qemu-trixie
 set -eu
 . "$(dirname "$0")/lib/common.sh"
 
-dest="$HARNESS_CACHE_DIR/qemu"
+release=sid
+update=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --update) update=1 ;;
+    --release) [ $# -ge 2 ] || die "--release needs a Debian release name (e.g. trixie)"; release=$2; shift ;;
+    --release=*) release=${1#--release=} ;;
+    *) die "unknown argument $1 (expected --update or --release NAME)" ;;
+  esac
+  shift
+done
+case $release in
+  ''|*[!a-z0-9-]*) die "--release $release is not a Debian release name" ;;
+esac
+# The private apt in lib/common.sh reads the release from DEB_SUITE.
+DEB_SUITE=$release
+if [ "$release" = sid ]; then dest="$HARNESS_CACHE_DIR/qemu"; else dest="$HARNESS_CACHE_DIR/qemu-$release"; fi
 manifest="$dest/manifest.json"
 packages="qemu-system-x86 qemu-system-arm qemu-system-data qemu-efi-aarch64 seabios ipxe-qemu"
 
-if [ "${1:-}" != "--update" ] && [ -f "$manifest" ]; then
+if [ -z "$update" ] && [ -f "$manifest" ]; then
   exit 0
 fi
 
@@ -35,7 +56,7 @@ for exe in qemu-system-x86_64 qemu-system-aarch64; do
   [ -x "$tmp/usr/bin/$exe" ] || die "$exe missing from the unpacked packages"
   cat > "$tmp/bin/$exe" <<WRAP
 #!/bin/sh
-# Runs sid's $exe through sid's own loader and libraries.
+# Runs $release's $exe through $release's own loader and libraries.
 root=\$(cd "\$(dirname "\$0")/.." && pwd)
 QEMU_MODULE_DIR=\${QEMU_MODULE_DIR:-\$root/usr/lib/$(multiarch)/qemu}
 export QEMU_MODULE_DIR
@@ -50,7 +71,8 @@ done
 
 cat > "$tmp/manifest.json" <<JSON
 {
-  "source": "Debian sid ($DEBIAN_MIRROR)",
+  "source": "Debian $release ($DEBIAN_MIRROR)",
+  "release": "$release",
   "debianVersion": "$version",
   "installedAt": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
   "loader": "$loader",

@@ -43,8 +43,12 @@ export interface RuntimeEndpoints {
   chardevSockets: Record<string, string>;
   traceFile?: string;
   traceEventsFile?: string;
-  /** `-run-with exit-with-parent=on`: QEMU dies with the harness (PR_SET_PDEATHSIG). */
-  exitWithParent: boolean;
+  /**
+   * `-run-with exit-with-parent=on` (QEMU 9.1+). Machine never sets it: every
+   * QEMU it starts runs under a parent-death SIGKILL instead (parent-death.ts),
+   * which also ends a stopped QEMU; only the bench's raw-QEMU peers use it.
+   */
+  exitWithParent?: boolean;
 }
 
 /** Escapes a value for QEMU's key=value option syntax (a comma is doubled). */

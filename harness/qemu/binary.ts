@@ -1,5 +1,5 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { execa } from 'execa';
 import { cacheDir } from '../util/paths.js';
 
@@ -31,6 +31,8 @@ export class QemuNotFoundError extends Error {
 export interface FindOptions {
   /** An explicit path for this arch (CLI option); wins over everything. */
   path?: string;
+  /** Where `path` came from, for messages (default `--qemu-ARCH`). */
+  origin?: string;
   env?: NodeJS.ProcessEnv;
 }
 
@@ -47,7 +49,7 @@ export function envVarsFor(arch: Arch): string[] {
  */
 export function findQemu(arch: Arch, opts: FindOptions = {}): QemuBinary {
   const env = opts.env ?? process.env;
-  if (opts.path) return userBinary(arch, opts.path, 'option', `--qemu-${arch}`);
+  if (opts.path) return userBinary(arch, opts.path, 'option', opts.origin ?? `--qemu-${arch}`);
   for (const name of envVarsFor(arch)) {
     const p = env[name];
     if (!p) continue;
@@ -62,6 +64,12 @@ function userBinary(arch: Arch, path: string, source: QemuBinary['source'], orig
   if (!existsSync(abs)) throw new QemuNotFoundError(`${origin} names ${abs}, which does not exist`);
   const st = statSync(abs);
   if (!st.isFile() || (st.mode & 0o111) === 0) throw new QemuNotFoundError(`${origin} names ${abs}, which is not an executable file`);
+  // A QEMU unpacked by scripts/install-qemu.sh (another Debian release's, say)
+  // runs like the reference: through its own loader, with its own firmware
+  // and trace-events-all, whether the user names its bin/ wrapper or the
+  // binary inside the sysroot.
+  const installed = installedQemuAt(arch, abs);
+  if (installed) return sysrootBinary(arch, installed.root, installed.manifest, source);
   const dir = dirname(abs);
   // A build tree keeps trace-events-all beside the binary (or in trace/); an
   // installed QEMU keeps it in PREFIX/share/qemu.
@@ -70,7 +78,20 @@ function userBinary(arch: Arch, path: string, source: QemuBinary['source'], orig
   return { arch, path: abs, command: abs, prefixArgs: [], baseArgs: [], env: {}, source, ...(traceEventsAll ? { traceEventsAll } : {}) };
 }
 
+/** The install-qemu.sh sysroot `abs` belongs to: ROOT/bin/NAME (wrapper) or ROOT/<manifest's binary>. */
+function installedQemuAt(arch: Arch, abs: string): { root: string; manifest: ReferenceManifest } | undefined {
+  for (const root of [dirname(dirname(abs)), dirname(dirname(dirname(abs)))]) {
+    const manifest = readManifest(root);
+    const binary = manifest?.binaries[arch];
+    if (!manifest || !binary) continue;
+    if (abs === join(root, 'bin', basename(binary)) || abs === join(root, binary)) return { root, manifest };
+  }
+  return undefined;
+}
+
 export interface ReferenceManifest {
+  /** Debian release it came from (absent in manifests written before releases were a parameter: sid). */
+  release?: string;
   debianVersion: string;
   installedAt: string;
   loader: string;
@@ -84,10 +105,31 @@ export function referenceRoot(): string {
   return join(cacheDir(), 'qemu');
 }
 
-export function readReferenceManifest(): ReferenceManifest | undefined {
-  const p = join(referenceRoot(), 'manifest.json');
+/**
+ * Where `scripts/install-qemu.sh --release RELEASE` puts another Debian
+ * release's QEMU (sid's is the reference, in referenceRoot()).
+ */
+export function releaseQemuRoot(release: string): string {
+  return release === 'sid' ? referenceRoot() : join(cacheDir(), `qemu-${release}`);
+}
+
+/** The wrapper a person (or a test acting as one) passes as --qemu-<arch> for that release. */
+export function releaseQemuWrapper(release: string, arch: Arch): string {
+  return join(releaseQemuRoot(release), 'bin', `qemu-system-${arch}`);
+}
+
+function readManifest(root: string): ReferenceManifest | undefined {
+  const p = join(root, 'manifest.json');
   if (!existsSync(p)) return undefined;
-  return JSON.parse(readFileSync(p, 'utf8')) as ReferenceManifest;
+  try {
+    return JSON.parse(readFileSync(p, 'utf8')) as ReferenceManifest;
+  } catch (e) {
+    throw new QemuNotFoundError(`${p} is not JSON (${(e as Error).message}); rerun scripts/install-qemu.sh --update`);
+  }
+}
+
+export function readReferenceManifest(): ReferenceManifest | undefined {
+  return readManifest(referenceRoot());
 }
 
 /** The reference QEMU runs through its sysroot's own loader and libraries. */
@@ -99,8 +141,12 @@ function referenceBinary(arch: Arch): QemuBinary {
       `no QEMU for ${arch}: set ${envVarsFor(arch).join(' or ')} to your build, or install the reference QEMU with scripts/install-qemu.sh (expected ${root}/manifest.json)`,
     );
   }
+  return sysrootBinary(arch, root, m, 'reference');
+}
+
+function sysrootBinary(arch: Arch, root: string, m: ReferenceManifest, source: QemuBinary['source']): QemuBinary {
   const path = join(root, m.binaries[arch]);
-  if (!existsSync(path)) throw new QemuNotFoundError(`the reference QEMU at ${root} has no ${m.binaries[arch]}; rerun scripts/install-qemu.sh --update`);
+  if (!existsSync(path)) throw new QemuNotFoundError(`the QEMU installed at ${root} has no ${m.binaries[arch]}; rerun scripts/install-qemu.sh --update`);
   const traceEventsAll = join(root, 'usr/share/qemu/trace-events-all');
   return {
     arch,
@@ -109,7 +155,7 @@ function referenceBinary(arch: Arch): QemuBinary {
     prefixArgs: ['--library-path', join(root, m.libraryPath), path],
     baseArgs: m.firmwareDirs.flatMap((d) => ['-L', join(root, d)]),
     env: { QEMU_MODULE_DIR: join(root, m.moduleDir) },
-    source: 'reference',
+    source,
     ...(existsSync(traceEventsAll) ? { traceEventsAll } : {}),
   };
 }

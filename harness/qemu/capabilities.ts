@@ -1,19 +1,86 @@
-import { execa } from 'execa';
-import type { QemuBinary } from './binary.js';
+import type { QmpClient } from '../qmp/client.js';
 
-const helpCache = new Map<string, Promise<string>>();
-
-/** `-help` text of a binary, read once per path. */
-export function helpText(bin: QemuBinary): Promise<string> {
-  let p = helpCache.get(bin.path);
-  if (!p) {
-    p = execa(bin.command, [...bin.prefixArgs, '-help'], { env: bin.env, reject: false, timeout: 10_000 }).then((r) => r.stdout);
-    helpCache.set(bin.path, p);
-  }
-  return p;
+/**
+ * What one QEMU binary offers beyond its vIOMMU properties, read from the
+ * binary itself over QMP (never from its version number: distributions
+ * configure features out, and a git build between releases has whatever its
+ * tree has). Debian trixie's 10.0, for one, has no vfio-user-pci, no qtest
+ * accelerator, no monitor-qmp object and no `-run-with exit-with-parent`.
+ */
+export interface QemuFeatures {
+  /** Concrete device types (`-device` drivers). */
+  devices: ReadonlySet<string>;
+  /** Accelerators by their `-accel` name (tcg, kvm, qtest, ...). */
+  accels: ReadonlySet<string>;
+  /** Types `-object` takes (user-creatable QOM types: monitor-qmp, iommufd, ...). */
+  objects: ReadonlySet<string>;
+  /** Command-line options' parameters as QEMU reports them (query-command-line-options). */
+  options: ReadonlyMap<string, ReadonlySet<string>>;
+  /** QMP commands. */
+  commands: ReadonlySet<string>;
 }
 
-/** QEMU 9.1+ can die with its parent (PR_SET_PDEATHSIG); older ones cannot. */
-export async function supportsExitWithParent(bin: QemuBinary): Promise<boolean> {
-  return (await helpText(bin)).includes('exit-with-parent');
+/** One thing a test needs from the binary. */
+export type QemuNeed =
+  | { device: string }
+  | { accel: string }
+  | { object: string }
+  | { option: string; param: string }
+  | { command: string };
+
+interface TypeInfo {
+  name: string;
+}
+interface CommandLineOptionInfo {
+  option: string;
+  parameters: Array<{ name: string }>;
+}
+
+/** Asks a running QEMU (the probe's `-machine none` instance) what it offers. */
+export async function readFeatures(qmp: QmpClient): Promise<QemuFeatures> {
+  const types = async (args: Record<string, unknown>): Promise<Set<string>> =>
+    new Set((await qmp.execute<TypeInfo[]>('qom-list-types', args)).map((t) => t.name));
+  const devices = await types({ implements: 'device', abstract: false });
+  // Every accelerator is a QOM class "<name>-accel"; `-accel help` omits qtest
+  // and query-accelerators is 10.2+, so the class list is what every version answers.
+  const accels = new Set([...(await types({ implements: 'accel', abstract: false }))].filter((n) => n.endsWith('-accel')).map((n) => n.slice(0, -'-accel'.length)));
+  const objects = await types({ implements: 'user-creatable', abstract: false });
+  const opts = await qmp.execute<CommandLineOptionInfo[]>('query-command-line-options');
+  const options = new Map(opts.map((o) => [o.option, new Set(o.parameters.map((p) => p.name))]));
+  const commands = new Set((await qmp.execute<TypeInfo[]>('query-commands')).map((c) => c.name));
+  return { devices, accels, objects, options, commands };
+}
+
+/** How a need reads in a skip reason. */
+export function describeNeed(n: QemuNeed): string {
+  if ('device' in n) return `device ${n.device}`;
+  if ('accel' in n) return `accelerator ${n.accel}`;
+  if ('object' in n) return `-object type ${n.object}`;
+  if ('option' in n) return `-${n.option} ${n.param}`;
+  return `QMP command ${n.command}`;
+}
+
+/** The needs this binary does not meet, each as describeNeed() words it. */
+export function lacking(f: QemuFeatures, needs: readonly QemuNeed[]): string[] {
+  return needs.filter((n) => !meets(f, n)).map(describeNeed);
+}
+
+function meets(f: QemuFeatures, n: QemuNeed): boolean {
+  if ('device' in n) return f.devices.has(n.device);
+  if ('accel' in n) return f.accels.has(n.accel);
+  if ('object' in n) return f.objects.has(n.object);
+  if ('option' in n) return f.options.get(n.option)?.has(n.param) ?? false;
+  return f.commands.has(n.command);
+}
+
+/**
+ * A monitor on chardev `chardev`, as this binary takes it: `-object
+ * monitor-qmp|monitor-hmp` where it has those types (11.1 deprecates -mon
+ * for them, facts §10), else `-mon` (10.0 has no monitor objects). The
+ * monitor behaves the same either way.
+ */
+export function monitorArgs(f: QemuFeatures, id: string, mode: 'qmp' | 'hmp', chardev: string): string[] {
+  return f.objects.has(`monitor-${mode}`)
+    ? ['-object', `monitor-${mode},id=${id},chardev=${chardev}`]
+    : ['-mon', `id=${id},chardev=${chardev},mode=${mode === 'qmp' ? 'control' : 'readline'}`];
 }

@@ -13,7 +13,7 @@ import { shellQuote } from '../util/shell.js';
 import { buildArgv, type MachineDescription } from './argv.js';
 import { findQemu, type QemuBinary } from './binary.js';
 import { ChardevStream } from './chardev.js';
-import { supportsExitWithParent } from './capabilities.js';
+import { withParentDeath } from './parent-death.js';
 
 export interface ExitInfo {
   code: number | null;
@@ -59,7 +59,8 @@ let machineCount = 0;
  * chardevs), captures stderr, the serial console, the QMP transcript and the
  * trace file into its artifacts folder, and guarantees the process is gone
  * after shutdown(): quit, then SIGTERM, then SIGKILL, each with a deadline.
- * QEMU's own `-run-with exit-with-parent=on` ends it if the harness is killed.
+ * QEMU runs under a parent-death SIGKILL (parent-death.ts), so a killed
+ * harness leaves no QEMU behind, whatever its version and even if stopped.
  */
 export class Machine {
   private exitInfo: ExitInfo | undefined;
@@ -134,16 +135,18 @@ export class Machine {
         ...buildArgv(desc, {
           qmpSocket: qmpListener.path,
           chardevSockets,
-          exitWithParent: await supportsExitWithParent(binary),
           ...(traceFile ? { traceFile } : {}),
           ...(traceEventsFile ? { traceEventsFile } : {}),
         }),
       ];
       const fullArgs = [...binary.prefixArgs, ...argv];
+      // cmdline.txt is QEMU's own command line, what a person reruns; the
+      // parent-death helper in front of it is the harness's business.
       const cmdline = [binary.command, ...fullArgs].map(shellQuote).join(' ');
       writeFileSync(join(artifactsDir, 'cmdline.txt'), cmdline + '\n');
+      const spawned = withParentDeath(binary.command, fullArgs);
       const stderrLog = createWriteStream(join(artifactsDir, 'stderr.log'));
-      const proc = execa(binary.command, fullArgs, {
+      const proc = execa(spawned.command, spawned.args, {
         env: { ...process.env, ...binary.env },
         extendEnv: false,
         stdin: 'ignore',

@@ -1,5 +1,8 @@
 import { findQemu, qemuVersion, type Arch, type QemuBinary } from '../qemu/binary.js';
+import { lacking, type QemuNeed } from '../qemu/capabilities.js';
 import { skipBecause } from '../report/skip.js';
+import { resolveConfig, ViommuFeatureError, type ResolveOptions, type ViommuConfig } from '../viommu/configs.js';
+import { probeQemu, type QemuProbe } from '../viommu/probe.js';
 
 /**
  * The QEMU for `arch`, or a skip naming why there is none. Used in before()
@@ -14,4 +17,37 @@ export async function requireQemu(ctx: Mocha.Context, arch: Arch): Promise<QemuB
     return skipBecause(ctx, `no usable QEMU for ${arch}: ${(e as Error).message}`);
   }
   return bin;
+}
+
+/** "QEMU /path (QEMU emulator version 10.0.13 (...))": how skips and errors name a binary. */
+export function qemuLabel(probe: QemuProbe): string {
+  return `QEMU ${probe.binary.path} (${probe.version.text})`;
+}
+
+/**
+ * The QEMU for `arch` and its probe, or a skip naming the binary, its version
+ * and each need it does not meet (a device, an accelerator, an -object type,
+ * an option parameter), as the binary itself reports them. A probe that
+ * fails is an error, not a skip: the binary answered --version, so it ought
+ * to start.
+ */
+export async function requireQemuFeatures(ctx: Mocha.Context, arch: Arch, ...needs: QemuNeed[]): Promise<QemuProbe> {
+  const probe = await probeQemu(await requireQemu(ctx, arch));
+  const missing = lacking(probe.features, needs);
+  if (missing.length) skipBecause(ctx, `${qemuLabel(probe)} lacks ${missing.join(', ')}`);
+  return probe;
+}
+
+/**
+ * resolveConfig, with a vIOMMU feature this binary lacks (ViommuFeatureError:
+ * the binary, its version, the names tried) as the test's skip reason.
+ * Anything else (an unknown driver, a bad config) still fails.
+ */
+export function resolveConfigOrSkip(ctx: Mocha.Context, config: ViommuConfig, probe: QemuProbe, opts: ResolveOptions = {}): ReturnType<typeof resolveConfig> {
+  try {
+    return resolveConfig(config, probe, opts);
+  } catch (e) {
+    if (e instanceof ViommuFeatureError) skipBecause(ctx, e.message);
+    throw e;
+  }
 }

@@ -33,8 +33,10 @@ export class ViommuFeatureError extends Error {
     readonly driver: string,
     readonly feature: string,
     readonly tried: string[],
+    /** Why the names it does have do not count (e.g. a bool where a width is needed). */
+    readonly why?: string,
   ) {
-    super(`QEMU ${qemuPath} (${qemuVersion}) has no ${driver} property for ${feature} (tried ${tried.join(', ')})`);
+    super(`QEMU ${qemuPath} (${qemuVersion}) has no ${driver} property for ${feature} (tried ${tried.join(', ')}${why ? `; ${why}` : ''})`);
   }
 }
 
@@ -87,12 +89,21 @@ export function validateConfig(name: string, raw: unknown, where = name): Viommu
   return { ...(c as unknown as ViommuConfig), name };
 }
 
+export interface ResolveOptions {
+  /**
+   * Every value must reach QEMU as given: a spelling that converts it with
+   * loss (10.0's x-pasid-mode bool for a PASID width) counts as absent. For
+   * tests about the value itself, e.g. that a width above 20 is refused.
+   */
+  exact?: boolean;
+}
+
 /**
  * The config as this QEMU spells it: each feature becomes the first property
  * name the binary offers. Nothing is guessed: a feature the binary lacks is a
  * ViommuFeatureError naming the binary, its version and the names tried.
  */
-export function resolveConfig(config: ViommuConfig, probe: QemuProbe): { device?: DeviceSpec; notes: string[] } {
+export function resolveConfig(config: ViommuConfig, probe: QemuProbe, opts: ResolveOptions = {}): { device?: DeviceSpec; notes: string[] } {
   if (!config.viommu) return { notes: [] };
   const { driver, features } = config.viommu;
   const props = probe.drivers[driver];
@@ -103,9 +114,11 @@ export function resolveConfig(config: ViommuConfig, probe: QemuProbe): { device?
   const notes: string[] = [];
   for (const [feature, value] of Object.entries(features)) {
     const spec = FEATURES_BY_DRIVER[driver]![feature]!;
-    const spelling = spec.spellings.find((s) => have.has(s.property));
+    const offered = spec.spellings.filter((s) => have.has(s.property));
+    const spelling = offered.find((s) => !(opts.exact && s.lossy));
     if (!spelling) {
-      throw new ViommuFeatureError(probe.binary.path, probe.version.text, driver, spec.description, spec.spellings.map((s) => s.property));
+      const lossy = offered.map((s) => `${s.note ?? `${s.property} converts with loss`}, so ${JSON.stringify(value)} cannot reach QEMU as given`);
+      throw new ViommuFeatureError(probe.binary.path, probe.version.text, driver, spec.description, spec.spellings.map((s) => s.property), lossy.join('; ') || undefined);
     }
     const type = props.find((p) => p.name === spelling.property)!.type;
     device[spelling.property] = coerceToPropertyType(spelling.convert ? spelling.convert(value) : value, type);

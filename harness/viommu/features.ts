@@ -13,6 +13,8 @@ export interface Spelling {
   /** From the feature's value to this property's value. */
   convert?: (v: PropValue) => PropValue;
   note?: string;
+  /** The conversion loses information (a width becomes a bool): no use where the exact value matters. */
+  lossy?: boolean;
 }
 
 export interface FeatureSpec {
@@ -24,6 +26,7 @@ const same = (p: string): Spelling => ({ property: p });
 const bitsAsBool = (p: string): Spelling => ({
   property: p,
   convert: (v) => Number(v) > 0,
+  lossy: true,
   note: `${p} is a bool: any width > 0 turns PASID on with this QEMU's fixed width`,
 });
 

@@ -1,8 +1,9 @@
 import { QmpCommandError, type DeviceProperty } from '../qmp/client.js';
 import { findQemu, qemuVersion, type Arch, type QemuBinary, type QemuVersion } from '../qemu/binary.js';
+import { readFeatures, type QemuFeatures } from '../qemu/capabilities.js';
 import { Machine } from '../qemu/machine.js';
 import { FEATURES_BY_DRIVER } from './features.js';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -12,20 +13,26 @@ export interface QemuProbe {
   version: QemuVersion;
   /** device-list-properties of each vIOMMU driver the binary has. */
   drivers: Record<string, DeviceProperty[]>;
+  /** Devices, accelerators, -object types, option parameters, QMP commands. */
+  features: QemuFeatures;
 }
 
 const cache = new Map<string, Promise<QemuProbe>>();
 
 /**
- * Asks the QEMU at hand (a `-machine none -S` instance, ~0.2 s) which vIOMMU
- * devices and properties it has. Read once per binary per process.
+ * Asks the QEMU at hand (a `-machine none -S` instance, ~0.2 s) what it has:
+ * vIOMMU devices and their properties, and the features tests need.
+ * Read once per binary per process; a binary rebuilt in place (a git tree
+ * between bisection steps) is a new binary.
  */
 export function probeQemu(binary: QemuBinary): Promise<QemuProbe> {
-  let p = cache.get(binary.path);
+  const st = statSync(binary.path);
+  const key = `${binary.path}\0${st.mtimeMs}\0${st.size}`;
+  let p = cache.get(key);
   if (!p) {
     p = doProbe(binary);
-    cache.set(binary.path, p);
-    p.catch(() => cache.delete(binary.path));
+    cache.set(key, p);
+    p.catch(() => cache.delete(key));
   }
   return p;
 }
@@ -36,10 +43,10 @@ export function probeArch(arch: Arch): Promise<QemuProbe> {
 
 async function doProbe(binary: QemuBinary): Promise<QemuProbe> {
   const version = await qemuVersion(binary);
-  const m = await Machine.launch(
-    { arch: binary.arch, machine: { type: 'none' }, paused: true },
-    { binary, name: 'probe', artifactsDir: mkdtempSync(join(tmpdir(), 'harness-probe-')) },
-  );
+  // The probe's artifacts matter only when it fails (the LaunchError names
+  // the folder); a probe that worked leaves nothing behind.
+  const artifactsDir = mkdtempSync(join(tmpdir(), 'harness-probe-'));
+  const m = await Machine.launch({ arch: binary.arch, machine: { type: 'none' }, paused: true }, { binary, name: 'probe', artifactsDir });
   try {
     const drivers: Record<string, DeviceProperty[]> = {};
     for (const driver of Object.keys(FEATURES_BY_DRIVER)) {
@@ -49,7 +56,10 @@ async function doProbe(binary: QemuBinary): Promise<QemuProbe> {
         if (!(e instanceof QmpCommandError)) throw e; // "Device 'x' not found": this binary lacks it
       }
     }
-    return { binary, version, drivers };
+    const features = await readFeatures(m.qmp);
+    const exit = await m.shutdown();
+    if (exit.code === 0) rmSync(artifactsDir, { recursive: true, force: true });
+    return { binary, version, drivers, features };
   } finally {
     await m.shutdown();
   }

@@ -1,23 +1,26 @@
 import { expect } from 'chai';
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { UnixListener } from '../../harness/qmp/transport.js';
 import { dirname, join } from 'node:path';
-import { execa } from 'execa';
-import { findQemu, qemuVersion, QemuNotFoundError } from '../../harness/qemu/binary.js';
+import { execa, type ResultPromise } from 'execa';
+import { findQemu, qemuVersion, QemuNotFoundError, releaseQemuWrapper, type QemuBinary } from '../../harness/qemu/binary.js';
+import { skipBecause } from '../../harness/report/skip.js';
+import { sleep, withDeadline } from '../../harness/util/deadline.js';
 import { LaunchError, Machine } from '../../harness/qemu/machine.js';
 import { useMachines } from '../../harness/testing/fixtures.js';
 import { requireQemu } from '../../harness/testing/prereqs.js';
 import { repoRoot } from '../../harness/util/paths.js';
 
+/** Running or stopped; a zombie (exited, not yet reaped by its new parent) counts as gone. */
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch {
     return false;
   }
+  return procState(pid) !== 'Z';
 }
 
 describe('Machine lifecycle', function () {
@@ -47,9 +50,11 @@ describe('Machine lifecycle', function () {
     expect(statSync(dirname(sock)).mode & 0o777).to.equal(0o700);
     await m.shutdown();
     expect(existsSync(dirname(sock))).to.equal(false);
-    const l = await UnixListener.create(join(await mkdtemp(join(tmpdir(), 'harness-test-')), 'x.sock'));
+    const dir = await mkdtemp(join(tmpdir(), 'harness-test-'));
+    const l = await UnixListener.create(join(dir, 'x.sock'));
     expect(statSync(l.path).mode & 0o777).to.equal(0o600);
     await l.close();
+    await rm(dir, { recursive: true, force: true });
   });
 
   it('fails a launch with the command line, exit status and stderr', async () => {
@@ -71,27 +76,126 @@ describe('Machine lifecycle', function () {
     expect(exit.signal).to.equal('SIGKILL');
     expect(alive(m.pid)).to.equal(false);
   });
+});
 
-  it('leaves no QEMU behind when the harness process is SIGKILLed (exit-with-parent)', async function () {
-    this.timeout(30_000);
+/**
+ * A child harness process launches QEMU (through Machine.launch, as every test
+ * does) and is SIGKILLed: no teardown, no exit hook runs. The parent-death
+ * SIGKILL must end QEMU on every version, also while QEMU is SIGSTOPped
+ * (QEMU's own exit-with-parent sends SIGTERM, which a stopped process keeps
+ * pending forever). Rows: the reference QEMU and trixie's 10.0, which has no
+ * exit-with-parent at all.
+ */
+describe('No QEMU outlives a SIGKILLed harness', function () {
+  this.timeout(60_000);
+  const machines = useMachines();
+  const socketDirs: string[] = [];
+  after(async () => {
+    for (const d of socketDirs.splice(0)) if (d.includes('harness-qemu-')) await rm(d, { recursive: true, force: true });
+  });
+  const rows: Array<{ qemu: string; release?: string }> = [{ qemu: 'the reference QEMU' }, { qemu: "trixie's QEMU", release: 'trixie' }];
+  for (const row of rows) {
+    for (const stopped of [false, true]) {
+      it(`${row.qemu}${stopped ? ', SIGSTOPped,' : ''} dies within 5 s of its harness's SIGKILL, and its pid is QEMU's`, async function () {
+        const bin = row.release ? await requireReleaseQemu(this, row.release) : await requireQemu(this, 'x86_64');
+        const { qemuPid, child } = await childHarnessWithQemu(machines.artifactsDir, bin.path);
+        expect(alive(qemuPid)).to.equal(true);
+        // The helper exec'd in place: the pid the Machine holds is QEMU's own process.
+        const argv = readFileSync(`/proc/${qemuPid}/cmdline`, 'utf8').split('\0');
+        expect(argv).to.include(bin.path);
+        expect(argv.join(' '), 'QEMU not given exit-with-parent').to.not.include('exit-with-parent');
+        // The killed child cannot remove its socket folder; this test does.
+        const sockets = dirname(/^unix:(.*)$/.exec(argv[argv.indexOf('-qmp') + 1] ?? '')?.[1] ?? '');
+        socketDirs.push(sockets);
+        if (stopped) {
+          process.kill(qemuPid, 'SIGSTOP');
+          await waitFor(() => procState(qemuPid) === 'T', 5000, `QEMU ${qemuPid} to stop`);
+        }
+        child.kill('SIGKILL');
+        await child;
+        await waitFor(() => !alive(qemuPid), 5000, `QEMU ${qemuPid} (state ${procState(qemuPid)}) to die after its parent ${child.pid} was SIGKILLed`).catch(
+          (e: unknown) => {
+            // Never leave it behind, even when the assertion fails.
+            if (alive(qemuPid)) process.kill(qemuPid, 'SIGKILL');
+            throw e;
+          },
+        );
+      });
+    }
+  }
+
+  it('names the script to run when the parent-death helper is missing', async () => {
     const script = `
       import { Machine } from ${JSON.stringify(join(repoRoot, 'dist/harness/qemu/machine.js'))};
-      const m = await Machine.launch({ arch: 'x86_64', machine: { type: 'none' }, paused: true }, { artifactsDir: process.argv[1] });
-      console.log(m.pid);
-      setInterval(() => {}, 1000);`;
-    const child = execa('node', ['--input-type=module', '-e', script, machines.artifactsDir], { reject: false, buffer: true });
-    const pid = await new Promise<number>((resolve, reject) => {
-      child.stdout!.once('data', (d: Buffer) => resolve(Number(String(d).trim())));
-      setTimeout(() => reject(new Error('child did not report a QEMU pid')), 20_000);
-    });
-    expect(alive(pid)).to.equal(true);
-    child.kill('SIGKILL');
-    await child;
-    const deadline = Date.now() + 5000;
-    while (alive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    expect(alive(pid), `QEMU ${pid} outlived its parent`).to.equal(false);
+      try { await Machine.launch({ arch: 'x86_64', machine: { type: 'none' }, paused: true }, { artifactsDir: process.argv[1] }); }
+      catch (e) { console.log(e.name + ': ' + e.message); }`;
+    const empty = await mkdtemp(join(tmpdir(), 'harness-nohelper-'));
+    try {
+      // An empty cache: no helper, and no reference QEMU either, so point at this one.
+      const r = await execa('node', ['--input-type=module', '-e', script, machines.artifactsDir], {
+        reject: false,
+        env: { ...process.env, HARNESS_CACHE_DIR: empty, QEMU_X86_64: findQemu('x86_64').path },
+        timeout: 20_000,
+      });
+      expect(r.stdout).to.match(/^ParentDeathHelperMissing: the parent-death helper \S+pdeathsig-exec is not built: run scripts\/build-tools\.sh/);
+    } finally {
+      await rm(empty, { recursive: true, force: true });
+    }
   });
 });
+
+/** A QEMU installed by `scripts/install-qemu.sh --release R`, as a user would name it (its bin/ wrapper). */
+async function requireReleaseQemu(ctx: Mocha.Context, release: string): Promise<QemuBinary> {
+  const wrapper = releaseQemuWrapper(release, 'x86_64');
+  if (!existsSync(wrapper)) skipBecause(ctx, `${release}'s QEMU is not installed (${wrapper}): run scripts/install-qemu.sh --release ${release} (scripts/bootstrap.sh does)`);
+  const bin = findQemu('x86_64', { path: wrapper });
+  await qemuVersion(bin);
+  return bin;
+}
+
+/** Starts `node` that launches QEMU through Machine.launch and idles; resolves with QEMU's pid. */
+async function childHarnessWithQemu(artifactsDir: string, qemuPath: string): Promise<{ qemuPid: number; child: ResultPromise }> {
+  const script = `
+    import { Machine } from ${JSON.stringify(join(repoRoot, 'dist/harness/qemu/machine.js'))};
+    import { findQemu } from ${JSON.stringify(join(repoRoot, 'dist/harness/qemu/binary.js'))};
+    const m = await Machine.launch({ arch: 'x86_64', machine: { type: 'none' }, paused: true }, { binary: findQemu('x86_64', { path: process.argv[2] }), artifactsDir: process.argv[1] });
+    console.log(m.pid);
+    setInterval(() => {}, 1000);`;
+  const child = execa('node', ['--input-type=module', '-e', script, artifactsDir, qemuPath], { reject: false, buffer: true });
+  const line = await withDeadline(
+    new Promise<string>((resolve, reject) => {
+      child.stdout!.once('data', (d: Buffer) => resolve(String(d).trim()));
+      void child.then((r) => reject(new Error(`child harness exited (${r.exitCode ?? r.signal}) before reporting a QEMU pid: ${r.stderr}`)));
+    }),
+    20_000,
+    'the child harness to report its QEMU pid',
+  ).catch((e: unknown) => {
+    child.kill('SIGKILL');
+    throw e;
+  });
+  const qemuPid = Number(line);
+  if (!Number.isInteger(qemuPid) || qemuPid <= 0) throw new Error(`child harness printed ${JSON.stringify(line)}, not a pid`);
+  return { qemuPid, child };
+}
+
+/** The state letter of /proc/PID/stat (R, S, T, Z, ...), or "gone". */
+function procState(pid: number): string {
+  try {
+    return / \S+\) (\S)/.exec(readFileSync(`/proc/${pid}/stat`, 'utf8'))?.[1] ?? '?';
+  } catch {
+    return 'gone';
+  }
+}
+
+async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
+  await withDeadline(
+    (async () => {
+      while (!cond()) await sleep(20);
+    })(),
+    ms,
+    what,
+  );
+}
 
 describe('QEMU binary discovery', function () {
   before(async function () {

@@ -5,7 +5,8 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { QemuBinary } from '../../harness/qemu/binary.js';
-import { requireQemu } from '../../harness/testing/prereqs.js';
+import { withParentDeath } from '../../harness/qemu/parent-death.js';
+import { requireQemuFeatures } from '../../harness/testing/prereqs.js';
 import { DeadlineError, withDeadline } from '../../harness/util/deadline.js';
 import { pasidEndpoint } from '../../harness/vfio-user/devices/index.js';
 import { checkVfioUserNeedsCachingMode, type MachineConfigLike } from '../../harness/vfio-user/preflight.js';
@@ -98,7 +99,9 @@ async function launchQtest(bin: QemuBinary, dir: string, config: Required<Pick<M
     ...['-M', 'q35', '-accel', 'qtest', '-qtest', `unix:${qtestPath}`, '-qtest-log', '/dev/null', '-nodefaults', '-display', 'none', '-m', '256M'],
     ...config.devices.flatMap((d) => ['-device', JSON.stringify(d)]),
   ];
-  const proc = execa(bin.command, args, { env: { ...process.env, ...bin.env }, extendEnv: false, reject: false, stdin: 'ignore', cleanup: true });
+  // Like a Machine's QEMU, it dies with the harness even while stopped.
+  const spawned = withParentDeath(bin.command, args);
+  const proc = execa(spawned.command, spawned.args, { env: { ...process.env, ...bin.env }, extendEnv: false, reject: false, stdin: 'ignore', cleanup: true });
   let stderr = '';
   proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   try {
@@ -185,7 +188,7 @@ describe('vfio-user-pci behind intel-iommu needs caching-mode=on (qtest plays th
   let launched: Launched | undefined;
 
   before(async function () {
-    bin = await requireQemu(this, 'x86_64');
+    bin = (await requireQemuFeatures(this, 'x86_64', { accel: 'qtest' }, { device: 'vfio-user-pci' })).binary;
   });
   beforeEach(async () => {
     dir = mkdtempSync(join(tmpdir(), 'vfio-user-cm-'));

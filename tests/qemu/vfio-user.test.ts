@@ -5,7 +5,7 @@ import type { Machine } from '../../harness/qemu/machine.js';
 import { NATIVE_PCIE_HOTPLUG, rootPorts } from '../../harness/qemu/topology.js';
 import type { PciDevice } from '../../harness/qmp/client.js';
 import { useMachines } from '../../harness/testing/fixtures.js';
-import { requireQemu } from '../../harness/testing/prereqs.js';
+import { requireQemuFeatures } from '../../harness/testing/prereqs.js';
 import { sleep, withDeadline } from '../../harness/util/deadline.js';
 import { VfioUserDevices } from '../../harness/vfio-user/attach.js';
 import { CapId, Exp, ExtCapId } from '../../harness/vfio-user/device-model.js';
@@ -65,7 +65,7 @@ async function untilEnumerated(m: Machine, ids: string[], ms: number): Promise<M
 describe('vfio-user device server with QEMU (vfio-user-pci, TCG)', function () {
   this.timeout(60_000);
   before(async function () {
-    await requireQemu(this, 'x86_64');
+    await requireQemuFeatures(this, 'x86_64', { device: 'vfio-user-pci' });
   });
   const machines = useMachines();
   let devs: VfioUserDevices;

@@ -1,11 +1,13 @@
 import { expect } from 'chai';
 import WebSocket from 'ws';
 import { startQmpBridge } from '../../harness/qmp/ws-bridge.js';
+import { monitorArgs } from '../../harness/qemu/capabilities.js';
 import type { Machine } from '../../harness/qemu/machine.js';
 import { useMachines } from '../../harness/testing/fixtures.js';
 import { requireQemu } from '../../harness/testing/prereqs.js';
 import { withDeadline } from '../../harness/util/deadline.js';
 import { freeLoopbackPort } from '../../harness/util/net.js';
+import { probeArch } from '../../harness/viommu/probe.js';
 
 /** A ws client that queues every message, so none is missed between awaits. */
 async function wsClient(url: string, opts: WebSocket.ClientOptions = {}, protocols?: string) {
@@ -87,15 +89,16 @@ describe('QMP over WebSocket', function () {
   it("QEMU's own websocket chardev: QMP greets but (through 11.1) never answers a command; HMP answers", async function () {
     this.timeout(20_000);
     const [qmpPort, hmpPort] = [await freeLoopbackPort(), await freeLoopbackPort()];
+    const { features } = await probeArch('x86_64');
     const m = await machines.launch({
       arch: 'x86_64',
       machine: { type: 'none' },
       paused: true,
       extraArgs: [
         '-chardev', `socket,id=wsq,host=127.0.0.1,port=${qmpPort},server=on,wait=off,websocket=on`,
-        '-object', 'monitor-qmp,id=mq,chardev=wsq',
+        ...monitorArgs(features, 'mq', 'qmp', 'wsq'),
         '-chardev', `socket,id=wsh,host=127.0.0.1,port=${hmpPort},server=on,wait=off,websocket=on`,
-        '-object', 'monitor-hmp,id=mh,chardev=wsh',
+        ...monitorArgs(features, 'mh', 'hmp', 'wsh'),
       ],
     });
     const v = m.qmp.greeting.version.qemu;
