@@ -1,0 +1,11 @@
+import { qmpWebsocket } from './qmp-websocket.js';
+import type { Reproducer } from './types.js';
+
+export type { Reproducer, ReproOptions, ReproOutcome } from './types.js';
+
+/** Every reproducer `harness repro` knows, by name. */
+export const REPRODUCERS: readonly Reproducer[] = [qmpWebsocket];
+
+export function findReproducer(name: string): Reproducer | undefined {
+  return REPRODUCERS.find((r) => r.name === name);
+}

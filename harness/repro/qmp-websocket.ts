@@ -1,0 +1,117 @@
+/**
+ * QMP over QEMU's own WebSocket chardev (`-chardev socket,...,websocket=on`
+ * with a QMP monitor on it): the handshake completes and the greeting arrives
+ * as a binary frame, but no command sent afterwards is ever answered (seen
+ * in 10.0.13 and 11.1.3; QEMU's websock trace shows the frame decoded, and
+ * handle_qmp_command never fires). An HMP monitor on the same kind of
+ * chardev answers, which rules out the client and the transport.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import WebSocket from 'ws';
+import { findQemu, qemuVersion } from '../qemu/binary.js';
+import { Machine } from '../qemu/machine.js';
+import { withDeadline } from '../util/deadline.js';
+import { freeLoopbackPort } from '../util/net.js';
+import type { Reproducer, ReproOptions, ReproOutcome } from './types.js';
+
+/** How long QEMU gets to answer a command (it answers a local QMP socket in milliseconds). */
+const ANSWER_MS = 3000;
+
+/** A ws client that queues every frame, so none is missed between awaits. */
+async function connect(url: string): Promise<{ next: (ms: number, what: string) => Promise<string>; send: (text: string) => void; close: () => void }> {
+  // QEMU's websocket chardev wants the "binary" subprotocol and reads binary frames only.
+  const ws = new WebSocket(url, 'binary');
+  const queue: string[] = [];
+  const waiters: Array<(s: string) => void> = [];
+  ws.on('message', (d) => {
+    const s = String(d);
+    const w = waiters.shift();
+    if (w) w(s);
+    else queue.push(s);
+  });
+  await withDeadline(new Promise((resolve, reject) => (ws.once('open', resolve), ws.once('error', reject))), 5000, `WebSocket connect to ${url}`);
+  return {
+    next: (ms, what) => withDeadline(queue.length ? Promise.resolve(queue.shift()!) : new Promise<string>((r) => waiters.push(r)), ms, what),
+    send: (text) => ws.send(Buffer.from(text)),
+    close: () => ws.close(),
+  };
+}
+
+/** Reads frames until `done` says the text so far is complete. */
+async function readUntil(c: Awaited<ReturnType<typeof connect>>, done: (s: string) => boolean, ms: number, what: string): Promise<string> {
+  let s = '';
+  const end = Date.now() + ms;
+  while (!done(s)) s += await c.next(Math.max(1, end - Date.now()), what);
+  return s;
+}
+
+async function run(o: ReproOptions): Promise<ReproOutcome> {
+  const bin = findQemu(o.arch, o.qemuPath ? { path: o.qemuPath } : {});
+  const version = await qemuVersion(bin);
+  const [qmpPort, hmpPort] = [await freeLoopbackPort(), await freeLoopbackPort()];
+  const m = await Machine.launch(
+    {
+      arch: o.arch,
+      machine: { type: 'none' },
+      paused: true,
+      extraArgs: [
+        '-chardev', `socket,id=wsq,host=127.0.0.1,port=${qmpPort},server=on,wait=off,websocket=on`,
+        '-object', 'monitor-qmp,id=mq,chardev=wsq',
+        '-chardev', `socket,id=wsh,host=127.0.0.1,port=${hmpPort},server=on,wait=off,websocket=on`,
+        '-object', 'monitor-hmp,id=mh,chardev=wsh',
+      ],
+    },
+    { binary: bin, name: 'qemu', artifactsDir: o.artifactsDir },
+  );
+  try {
+    const cmdline = readFileSync(join(o.artifactsDir, 'cmdline.txt'), 'utf8').trim();
+    const command = '{"execute": "qmp_capabilities", "id": 1}';
+    const q = await connect(`ws://127.0.0.1:${qmpPort}/`);
+    let greeting: string;
+    let reply: string | undefined;
+    try {
+      greeting = await q.next(5000, 'the QMP greeting over the WebSocket chardev');
+      q.send(`${command}\n`);
+      reply = await q.next(ANSWER_MS, 'an answer to qmp_capabilities').catch(() => undefined);
+    } finally {
+      q.close();
+    }
+    // The control: HMP on the same kind of chardev, and QMP on the harness's own socket.
+    const h = await connect(`ws://127.0.0.1:${hmpPort}/`);
+    let hmp: string;
+    try {
+      await readUntil(h, (s) => s.includes('(qemu)'), 5000, 'the HMP prompt over the WebSocket chardev');
+      h.send('info version\r\n');
+      const v = `${version.major}.${version.minor}.${version.micro}`;
+      hmp = (await readUntil(h, (s) => s.includes(v), 5000, 'HMP info version')).replace(/\x1b\[[0-9;]*[A-Za-z]/g, '').trim();
+    } finally {
+      h.close();
+    }
+    const status = await m.qmp.queryStatus();
+    return {
+      present: reply === undefined,
+      qemu: { path: bin.path, version: version.text },
+      cmdline,
+      steps: [
+        `connect ws://127.0.0.1:${qmpPort}/ with subprotocol "binary"`,
+        'read the greeting (one binary frame)',
+        `send ${command} as a binary frame`,
+        `wait ${ANSWER_MS} ms for the answer`,
+      ],
+      expected: `an answer {"return": {}, "id": 1} within ${ANSWER_MS} ms, as on a unix or TCP QMP socket`,
+      seen: `greeting ${greeting.trim().slice(0, 160)}; then ${reply === undefined ? `no answer within ${ANSWER_MS} ms` : `the answer ${reply.trim()}`}`,
+      control: `HMP on a WebSocket chardev of the same QEMU answers "info version" (${JSON.stringify(hmp.split('\n').find((l) => /\d+\.\d+\.\d+/.test(l))?.trim() ?? hmp)}); QMP on a unix socket answers query-status (${status.status})`,
+      artifactsDir: o.artifactsDir,
+    };
+  } finally {
+    await m.shutdown();
+  }
+}
+
+export const qmpWebsocket: Reproducer = {
+  name: 'qmp-websocket-chardev',
+  summary: "QMP over QEMU's WebSocket chardev greets but never answers a command",
+  found: 'tests/qemu/ws-bridge.test.ts (facts §10); QEMU 10.0.13 and 11.1.3',
+  run,
+};
