@@ -1,17 +1,20 @@
 #!/bin/sh
-# Builds the guest kernel (x86_64 bzImage, everything built in, no modules)
-# from Debian sid's newest linux-source-X.Y package: `make allnoconfig` plus
-# images/kernel/x86_64.config. The result is cached outside the clone:
+# Builds a guest kernel (everything built in, no modules) from Debian sid's
+# newest linux-source-X.Y package: `make allnoconfig` plus
+# images/kernel/ARCH.config. ARCH is x86_64 (the default: a bzImage for the
+# guest tests and the x86 virtual lab's L1) or aarch64 (an Image, cross-built
+# with Debian's gcc-aarch64-linux-gnu, for the arm64 lab's L1 and its L2).
+# The result is cached outside the clone:
 #
-#   $HARNESS_CACHE_DIR/kernel/<key>/{bzImage,config,manifest.json}
-#   $HARNESS_CACHE_DIR/kernel/x86_64.json   (the manifest of the last good build)
+#   $HARNESS_CACHE_DIR/kernel/<key>/{bzImage|Image,config,manifest.json}
+#   $HARNESS_CACHE_DIR/kernel/ARCH.json   (the manifest of the last good build)
 #
-# key = sha256 of (source package version, fragment, this script), so a second
-# run with the same inputs is a no-op.
+# key = sha256 of (arch, source package version, fragment, this script), so a
+# second run with the same inputs is a no-op.
 #
-#   scripts/build-kernel.sh            build if the key has no bzImage yet
-#   scripts/build-kernel.sh --update   refresh sid's package lists first
-#   scripts/build-kernel.sh --print    print the bzImage path (build if needed)
+#   scripts/build-kernel.sh [--arch ARCH]            build if the key has no image yet
+#   scripts/build-kernel.sh [--arch ARCH] --update   refresh sid's package lists first
+#   scripts/build-kernel.sh [--arch ARCH] --print    print the image path (build if needed)
 #
 # The sid package lists are reused as they are (apt refreshes them only with
 # --update or when there are none), so the no-op path asks no mirror.
@@ -20,15 +23,29 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib/common.sh"
 
 arch=x86_64
-fragment="$here/../images/kernel/$arch.config"
 update=no print=no
-for arg in "$@"; do
-  case $arg in
+while [ $# -gt 0 ]; do
+  case $1 in
     --update) update=yes ;;
     --print) print=yes ;;
-    *) die "unknown argument '$arg' (expected --update or --print)" ;;
+    --arch) [ $# -ge 2 ] || die "--arch needs a value (x86_64 or aarch64)"; arch=$2; shift ;;
+    --arch=*) arch=${1#*=} ;;
+    *) die "unknown argument '$1' (expected --arch ARCH, --update or --print)" ;;
   esac
+  shift
 done
+# Per architecture: make's ARCH, the cross compiler, the boot image's make
+# target (also its file name in the cache) and where make leaves it.
+case $arch in
+  x86_64) karch=x86_64 cross= target=bzImage built=arch/x86/boot/bzImage ;;
+  aarch64)
+    karch=arm64 cross=aarch64-linux-gnu- target=Image built=arch/arm64/boot/Image
+    command -v "${cross}gcc" >/dev/null 2>&1 \
+      || die "${cross}gcc is needed to cross-build the $arch kernel (Debian: gcc-aarch64-linux-gnu; see scripts/bootstrap-tools.txt)"
+    ;;
+  *) die "unknown --arch '$arch' (expected x86_64 or aarch64)" ;;
+esac
+fragment="$here/../images/kernel/$arch.config"
 [ -f "$fragment" ] || die "config fragment missing: $fragment"
 
 kroot="$HARNESS_CACHE_DIR/kernel"
@@ -62,22 +79,19 @@ script_sha=$(sha256sum < "$here/${0##*/}" | cut -c1-64)
 key=$(printf '%s\n%s\n%s\n%s\n' "$arch" "$pkg=$version" "$fragment_sha" "$script_sha" | sha256sum | cut -c1-16)
 out="$kroot/$key"
 
-if [ -f "$out/bzImage" ] && [ -f "$out/manifest.json" ]; then
+publish() {
   cp "$out/manifest.json" "$kroot/$arch.json.tmp" && mv "$kroot/$arch.json.tmp" "$kroot/$arch.json"
-  [ "$print" = yes ] && echo "$out/bzImage"
+  [ "$print" = yes ] && echo "$out/$target"
   exit 0
-fi
+}
+if [ -f "$out/$target" ] && [ -f "$out/manifest.json" ]; then publish; fi
 
 # One build at a time: the source and object trees are shared between keys.
 exec 9>"$kroot/.lock"
 if ! flock -n 9; then
   log "another kernel build holds $kroot/.lock; waiting for it (at most an hour)"
   flock -w 3600 9 || die "timed out waiting for $kroot/.lock"
-  if [ -f "$out/bzImage" ] && [ -f "$out/manifest.json" ]; then
-    cp "$out/manifest.json" "$kroot/$arch.json.tmp" && mv "$kroot/$arch.json.tmp" "$kroot/$arch.json"
-    [ "$print" = yes ] && echo "$out/bzImage"
-    exit 0
-  fi
+  if [ -f "$out/$target" ] && [ -f "$out/manifest.json" ]; then publish; fi
 fi
 
 log "building $arch kernel from $pkg $version (key $key)"
@@ -99,9 +113,10 @@ if [ ! -f "$src/.unpacked" ]; then
   touch "$src/.unpacked"
 fi
 
-# Object tree: one per package version too, so that a changed fragment
-# rebuilds only what changed.
-obj="$kroot/obj/$pkg-$version"
+# Object tree: one per package version and architecture, so that a changed
+# fragment rebuilds only what changed. (x86_64 keeps the name it had before
+# there was a second architecture, so existing trees stay incremental.)
+if [ "$arch" = x86_64 ]; then obj="$kroot/obj/$pkg-$version"; else obj="$kroot/obj/$arch-$pkg-$version"; fi
 mkdir -p "$obj" "$out"
 buildlog="$out/build.log"
 : > "$buildlog"
@@ -112,7 +127,7 @@ fail() {
 }
 
 jobs=$(nproc 2>/dev/null || echo 2)
-kmake() { make -C "$src" O="$obj" ARCH=x86_64 -j"$jobs" "$@" >>"$buildlog" 2>&1; }
+kmake() { make -C "$src" O="$obj" ARCH="$karch" ${cross:+CROSS_COMPILE=$cross} -j"$jobs" "$@" >>"$buildlog" 2>&1; }
 
 log "configuring: allnoconfig + $(basename "$fragment")"
 kmake KCONFIG_ALLCONFIG="$fragment" allnoconfig || fail "make allnoconfig failed"
@@ -137,11 +152,11 @@ if [ -n "$missing" ]; then
   die "these fragment options did not survive Kconfig (unmet dependencies?); fix $fragment"
 fi
 
-log "compiling bzImage with make -j$jobs (log: $buildlog)"
-kmake bzImage || fail "kernel build failed"
+log "compiling $target with make -j$jobs (log: $buildlog)"
+kmake "$target" || fail "kernel build failed"
 grep -q '^CONFIG_MODULES=y' "$obj/.config" && fail "CONFIG_MODULES=y: the guest kernel must have everything built in"
 
-cp "$obj/arch/x86/boot/bzImage" "$out/bzImage.tmp"
+cp "$obj/$built" "$out/$target.tmp"
 cp "$obj/.config" "$out/config"
 release=$(cat "$obj/include/config/kernel.release" 2>/dev/null || echo unknown)
 elapsed=$(( $(date +%s) - started ))
@@ -154,14 +169,12 @@ cat > "$out/manifest.json" <<JSON
   "kernelRelease": "$release",
   "fragmentSha256": "$fragment_sha",
   "scriptSha256": "$script_sha",
-  "bzImage": "$out/bzImage",
+  "image": "$out/$target",
   "config": "$out/config",
   "builtAt": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
   "buildSeconds": $elapsed
 }
 JSON
-mv "$out/bzImage.tmp" "$out/bzImage"
-cp "$out/manifest.json" "$kroot/$arch.json.tmp" && mv "$kroot/$arch.json.tmp" "$kroot/$arch.json"
-log "built $release in ${elapsed}s: $out/bzImage ($(du -h "$out/bzImage" | cut -f1))"
-[ "$print" = yes ] && echo "$out/bzImage"
-exit 0
+mv "$out/$target.tmp" "$out/$target"
+log "built $arch $release in ${elapsed}s: $out/$target ($(du -h "$out/$target" | cut -f1))"
+publish
