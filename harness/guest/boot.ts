@@ -1,8 +1,13 @@
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
 import type { DeviceSpec, MachineDescription, PropValue } from '../qemu/argv.js';
 import type { Machine } from '../qemu/machine.js';
 import { Agent } from './agent.js';
 import { Console } from './console.js';
 import type { GuestImage } from './image.js';
+import { platformOf, X86_64_PLATFORM, type GuestPlatform } from './platform.js';
+
+export { DEFAULT_INTEL_IOMMU, DEFAULT_SMMUV3 } from './platform.js';
 
 /** The virtserialport name init looks for (images/init/init, harness.agent=). */
 export const AGENT_PORT_NAME = 'org.harness.agent';
@@ -10,22 +15,15 @@ export const AGENT_PORT_NAME = 'org.harness.agent';
 export const AGENT_CHARDEV = 'agent';
 export const SERIAL_CHARDEV = 'serial0';
 
-/**
- * The intel-iommu of the guest-side tests: scalable mode with 20 PASID bits,
- * device IOTLB, interrupt remapping and caching mode (as for device
- * assignment). Property names are QEMU 11.1's (see the facts sheet, section 1).
- */
-export const DEFAULT_INTEL_IOMMU: Record<string, PropValue> = {
-  intremap: 'on',
-  'scalable-mode': true,
-  'pasid-bits': 20,
-  'device-iotlb': true,
-  'caching-mode': true,
-};
-
 export interface GuestOptions {
   image: GuestImage;
-  /** intel-iommu properties, or false for no vIOMMU. Default DEFAULT_INTEL_IOMMU. */
+  /**
+   * The platform's vIOMMU properties (intel-iommu on x86_64, arm-smmuv3 on
+   * aarch64: see harness/guest/platform.ts), or false for no vIOMMU.
+   * Default: the platform's (DEFAULT_INTEL_IOMMU, DEFAULT_SMMUV3).
+   */
+  viommu?: Record<string, PropValue> | false;
+  /** The same as `viommu`, for x86_64 guests only (its older name). */
   intelIommu?: Record<string, PropValue> | false;
   accel?: 'tcg' | 'kvm';
   cpu?: string;
@@ -42,10 +40,13 @@ export interface GuestOptions {
   /** Print less while booting (loglevel=4): less console I/O under TCG. */
   quiet?: boolean;
   /**
-   * Boot into a read-only 9p share of a host folder (default the host's /)
-   * instead of staying in the initramfs: harness.root=9p, tmpfs on /tmp,
-   * /run, /var/tmp and /dev/shm. The virtual lab's L1 runs Node and QEMU
-   * from there.
+   * Boot into a read-only 9p share of a host folder instead of staying in
+   * the initramfs: harness.root=9p, tmpfs on /tmp, /run, /var/tmp and
+   * /dev/shm. The default folder is the platform's: the host's / for x86_64,
+   * the arm64 root (image.root) for aarch64. The virtual lab's L1 runs Node
+   * and QEMU from there. In a root other than /, bootGuest() makes the
+   * mount points of the other shares that the folder lacks (a read-only
+   * root cannot get them in the guest).
    */
   rootShare?: { hostPath?: string };
   /**
@@ -70,8 +71,26 @@ function fsdev(id: string, path: string, readonly: boolean): string[] {
   return ['-fsdev', `local,id=${id},path=${p},security_model=none,multidevs=remap${readonly ? ',readonly=on' : ''}`];
 }
 
-/** The kernel command line for an agent guest. */
-export function guestCmdline(opts: Pick<GuestOptions, 'append' | 'quiet' | 'rootShare' | 'resultsShare' | 'extraShares'> = {}): string {
+/** The vIOMMU properties the options ask for, or undefined for none. */
+function viommuProps(opts: Pick<GuestOptions, 'viommu' | 'intelIommu'>, platform: GuestPlatform): Record<string, PropValue> | undefined {
+  if (opts.viommu !== undefined && opts.intelIommu !== undefined) throw new Error('give the vIOMMU as viommu or as intelIommu, not both');
+  if (opts.intelIommu !== undefined && platform.viommu.driver !== 'intel-iommu') {
+    throw new Error(`intelIommu is an x86_64 option; this ${platform.arch} guest's vIOMMU is ${platform.viommu.driver} (use viommu)`);
+  }
+  const props = opts.viommu ?? opts.intelIommu;
+  return props === false ? undefined : (props ?? platform.viommu.defaults);
+}
+
+/** The host folder the 9p root exports. */
+function rootHostPath(opts: Pick<GuestOptions, 'image' | 'rootShare'>, platform: GuestPlatform): string | undefined {
+  return opts.rootShare ? (opts.rootShare.hostPath ?? platform.defaultRoot(opts.image)) : undefined;
+}
+
+/** The kernel command line for an agent guest (the platform's console; x86_64 by default). */
+export function guestCmdline(
+  opts: Pick<GuestOptions, 'append' | 'quiet' | 'rootShare' | 'resultsShare' | 'extraShares'> = {},
+  platform: GuestPlatform = X86_64_PLATFORM,
+): string {
   if (opts.extraShares?.length && !opts.rootShare) throw new Error('extraShares are mounted in the 9p root: they need rootShare');
   const paths: Array<[string, string | undefined]> = [
     ['resultsShare.guestPath', opts.resultsShare?.guestPath],
@@ -81,9 +100,10 @@ export function guestCmdline(opts: Pick<GuestOptions, 'append' | 'quiet' | 'root
     if (v !== undefined && !/^\/[\w./-]*$/.test(v)) throw new Error(`${what} must be an absolute path without spaces, got ${JSON.stringify(v)}`);
   }
   return [
-    'console=ttyS0,115200',
+    `console=${platform.console}`,
     // A panic ends the machine (-no-reboot) instead of hanging until a deadline.
     'panic=-1',
+    ...platform.append,
     ...(opts.quiet ? ['loglevel=4'] : []),
     'harness.role=agent',
     `harness.agent=${AGENT_PORT_NAME}`,
@@ -94,12 +114,17 @@ export function guestCmdline(opts: Pick<GuestOptions, 'append' | 'quiet' | 'root
   ].join(' ');
 }
 
-/** A q35 machine that boots the harness kernel with the agent on a virtio-console port. */
+/**
+ * A machine of the image's platform (q35 for x86_64, virt with EL2 and UEFI
+ * for aarch64) that boots the harness kernel with the agent on a
+ * virtio-console port.
+ */
 export function guestDescription(opts: GuestOptions): MachineDescription {
-  const iommu = opts.intelIommu === false ? undefined : (opts.intelIommu ?? DEFAULT_INTEL_IOMMU);
+  const platform = platformOf(opts.image);
+  const iommu = viommuProps(opts, platform);
   const devices: DeviceSpec[] = [
-    // intel-iommu must precede the PCI devices it translates.
-    ...(iommu ? [{ driver: 'intel-iommu', id: 'iommu0', ...iommu }] : []),
+    // The vIOMMU must precede the PCI devices it translates.
+    ...(iommu ? [{ driver: platform.viommu.driver, id: 'iommu0', ...platform.viommu.placement, ...iommu }] : []),
     { driver: 'virtio-serial-pci', id: 'vser0' },
     { driver: 'virtserialport', id: 'agentport', bus: 'vser0.0', chardev: AGENT_CHARDEV, name: AGENT_PORT_NAME },
     // The caller's devices first: they may pin slots (root ports at 0x2.0...);
@@ -109,28 +134,48 @@ export function guestDescription(opts: GuestOptions): MachineDescription {
     ...(opts.resultsShare ? [{ driver: 'virtio-9p-pci', id: 'fs-results', fsdev: RESULTS_SHARE_TAG, mount_tag: RESULTS_SHARE_TAG }] : []),
     ...(opts.extraShares ?? []).map((x) => ({ driver: 'virtio-9p-pci', id: `fs-${x.tag}`, fsdev: x.tag, mount_tag: x.tag })),
   ];
+  const root = rootHostPath(opts, platform);
   const shares = [
-    ...(opts.rootShare ? fsdev(ROOT_SHARE_TAG, opts.rootShare.hostPath ?? '/', true) : []),
+    ...(root !== undefined ? fsdev(ROOT_SHARE_TAG, root, true) : []),
     ...(opts.resultsShare ? fsdev(RESULTS_SHARE_TAG, opts.resultsShare.hostPath, false) : []),
     ...(opts.extraShares ?? []).flatMap((x) => fsdev(x.tag, x.hostPath, true)),
   ];
   return {
-    arch: 'x86_64',
-    // Interrupt remapping needs the split irqchip under KVM; TCG takes it too.
-    machine: { type: 'q35', props: iommu ? { 'kernel-irqchip': 'split' } : {} },
+    arch: platform.arch,
+    machine: platform.machine(iommu !== undefined),
     accel: opts.accel ?? 'tcg',
-    cpu: opts.cpu ?? 'max',
+    cpu: opts.cpu ?? platform.cpu,
     smp: opts.smp ?? 2,
     memoryMB: opts.memoryMB ?? 1024,
-    kernel: { path: opts.image.kernel, initrd: opts.image.initrd, append: guestCmdline(opts) },
+    kernel: { path: opts.image.kernel, initrd: opts.image.initrd, append: guestCmdline(opts, platform) },
     serial: true,
     chardevs: [AGENT_CHARDEV],
     devices,
     ...(opts.globals ? { globals: opts.globals } : {}),
     ...(opts.objects ? { objects: opts.objects } : {}),
     ...(opts.trace ? { trace: opts.trace } : {}),
-    extraArgs: ['-no-reboot', ...shares, ...(opts.extraArgs ?? [])],
+    extraArgs: ['-no-reboot', ...platform.firmwareArgs(opts.image), ...shares, ...(opts.extraArgs ?? [])],
   };
+}
+
+/**
+ * Makes, in a 9p root folder of our own (not the host's /), the mount points
+ * of the results and extra shares it lacks: the guest sees that root
+ * read-only and could not make them (init fails the boot instead). An arm64
+ * root has neither the checkout's nor the cache's path of the host.
+ */
+export function prepareRootMountPoints(opts: GuestOptions): string[] {
+  const root = rootHostPath(opts, platformOf(opts.image));
+  if (root === undefined || root === '/') return [];
+  const made: string[] = [];
+  for (const guestPath of [opts.resultsShare?.guestPath, ...(opts.extraShares ?? []).map((x) => x.guestPath)]) {
+    if (guestPath === undefined) continue;
+    const p = join(root, guestPath);
+    if (existsSync(p)) continue;
+    mkdirSync(p, { recursive: true });
+    made.push(p);
+  }
+  return made;
 }
 
 export interface BootedGuest {
@@ -175,8 +220,10 @@ export async function bootGuest(
   opts: GuestOptions,
   boot: BootOptions = {},
 ): Promise<BootedGuest> {
+  const desc = guestDescription(opts);
+  prepareRootMountPoints(opts);
   const t0 = Date.now();
-  const machine = await launch(guestDescription(opts));
+  const machine = await launch(desc);
   const launchMs = Date.now() - t0;
   const { console, agent } = attachGuest(machine);
   const stopped = guestStopped(machine, console);

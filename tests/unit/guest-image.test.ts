@@ -1,10 +1,12 @@
 import { expect } from 'chai';
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { findGuestImage, readKernelConfig } from '../../harness/guest/image.js';
-import { guestCmdline, guestDescription } from '../../harness/guest/boot.js';
+import { findGuestImage, readKernelConfig, type GuestImage } from '../../harness/guest/image.js';
+import { guestCmdline, guestDescription, prepareRootMountPoints } from '../../harness/guest/boot.js';
+import { AARCH64_PLATFORM } from '../../harness/guest/platform.js';
+import { arm64L1Description } from '../../harness/lab/platforms/arm64.js';
 
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
 
@@ -59,6 +61,63 @@ function layout(): { cache: string; repo: string; cleanup(): void } {
   return { cache, repo, cleanup: () => rmSync(root, { recursive: true, force: true }) };
 }
 
+/** The aarch64 images beside the x86 ones: kernel Image, initramfs and the arm64 root (manifests as the scripts write them). */
+function addAarch64(l: { cache: string; repo: string }, opts: { root?: boolean } = {}): string {
+  writeFileSync(join(l.repo, 'images', 'kernel', 'aarch64.config'), 'CONFIG_ARM_SMMU_V3=y\n');
+  writeFileSync(join(l.repo, 'scripts', 'install-arm64-root.sh'), 'root script\n');
+  const k = join(l.cache, 'kernel', 'k2');
+  const i = join(l.cache, 'initramfs', 'i2');
+  const root = join(l.cache, 'roots', 'aarch64-r1');
+  mkdirSync(k, { recursive: true });
+  mkdirSync(i, { recursive: true });
+  mkdirSync(join(root, 'usr', 'bin'), { recursive: true });
+  mkdirSync(join(root, 'usr', 'share', 'qemu-efi-aarch64'), { recursive: true });
+  writeFileSync(join(k, 'Image'), 'arm64 kernel');
+  writeFileSync(join(k, 'config'), 'CONFIG_ARM_SMMU_V3=y\n');
+  writeFileSync(join(i, 'initramfs.cpio.gz'), 'cpio');
+  writeFileSync(join(root, 'usr', 'bin', 'node'), 'node');
+  writeFileSync(join(root, 'usr', 'share', 'qemu-efi-aarch64', 'QEMU_EFI.fd'), 'uefi');
+  const kernel = { arch: 'aarch64', key: 'k2', sourcePackage: 'linux-source-7.2', sourceVersion: '7.2.13-1', kernelRelease: '7.2.13' };
+  writeFileSync(
+    join(l.cache, 'kernel', 'aarch64.json'),
+    JSON.stringify({ ...kernel, fragmentSha256: sha('CONFIG_ARM_SMMU_V3=y\n'), scriptSha256: sha('kernel script\n'), image: join(k, 'Image'), config: join(k, 'config'), builtAt: 'x', buildSeconds: 1 }),
+  );
+  writeFileSync(
+    join(l.cache, 'initramfs', 'aarch64.json'),
+    JSON.stringify({
+      arch: 'aarch64',
+      key: 'i2',
+      busyboxVersion: '1:1.38.0-3+b1',
+      initramfs: join(i, 'initramfs.cpio.gz'),
+      scriptSha256: sha('initramfs script\n'),
+      inputs: { init: sha('#!/bin/sh\n'), 'harness/agent.sh': sha('agent\n') },
+      builtAt: 'x',
+    }),
+  );
+  if (opts.root !== false)
+    writeFileSync(
+      join(l.cache, 'roots', 'aarch64.json'),
+      JSON.stringify({
+        machine: 'aarch64',
+        key: 'r1',
+        root,
+        nodeVersion: '24.22.2+dfsg+~cs24.19.2-1',
+        qemuVersion: '1:11.1.3+ds-1',
+        loader: 'usr/lib/ld-linux-aarch64.so.1',
+        libraryPath: 'usr/lib/aarch64-linux-gnu',
+        moduleDir: 'usr/lib/aarch64-linux-gnu/qemu',
+        firmwareDirs: ['usr/share/qemu'],
+        binaries: { node: 'usr/bin/node', aarch64: 'usr/bin/qemu-system-aarch64', busybox: 'usr/bin/busybox' },
+        uefi: 'usr/share/qemu-efi-aarch64/QEMU_EFI.fd',
+        scriptSha256: sha('root script\n'),
+        installedAt: 'x',
+        installSeconds: 43,
+        packages: 'nodejs 24.22.2+dfsg+~cs24.19.2-1;',
+      }),
+    );
+  return root;
+}
+
 describe('guest image lookup', () => {
   let l: ReturnType<typeof layout>;
   beforeEach(() => (l = layout()));
@@ -108,6 +167,29 @@ describe('guest image lookup', () => {
     expect(r.ok ? '' : r.reason).to.match(/kernel manifest .* is not valid JSON/);
   });
 
+  it('finds the aarch64 kernel Image, its initramfs and the arm64 root with its UEFI firmware, keyed apart from x86', () => {
+    const root = addAarch64(l);
+    const r = findGuestImage('aarch64', { cache: l.cache, repo: l.repo });
+    if (!r.ok) expect.fail(r.reason);
+    expect(r.image).to.deep.include({ arch: 'aarch64', kernel: join(l.cache, 'kernel', 'k2', 'Image'), initrd: join(l.cache, 'initramfs', 'i2', 'initramfs.cpio.gz') });
+    expect(r.image.root).to.deep.include({ path: root, uefi: join(root, 'usr', 'share', 'qemu-efi-aarch64', 'QEMU_EFI.fd') });
+    const x = find();
+    expect(x.ok && x.image.kernel).to.equal(join(l.cache, 'kernel', 'k1', 'bzImage'));
+  });
+
+  it('says which script to run for a missing or stale arm64 root, and for a missing aarch64 kernel', () => {
+    addAarch64(l, { root: false });
+    let r = findGuestImage('aarch64', { cache: l.cache, repo: l.repo });
+    expect(r.ok ? '' : r.reason).to.match(/^no aarch64 root file system built yet \(.*roots\/aarch64\.json is missing\): run scripts\/install-arm64-root\.sh$/);
+    addAarch64(l);
+    writeFileSync(join(l.repo, 'scripts', 'install-arm64-root.sh'), 'root script v2\n');
+    r = findGuestImage('aarch64', { cache: l.cache, repo: l.repo });
+    expect(r.ok ? '' : r.reason).to.match(/^stale aarch64 root: .*install-arm64-root\.sh changed since the aarch64 root was installed; run scripts\/install-arm64-root\.sh/);
+    rmSync(join(l.cache, 'kernel', 'aarch64.json'));
+    r = findGuestImage('aarch64', { cache: l.cache, repo: l.repo });
+    expect(r.ok ? '' : r.reason).to.match(/run scripts\/build-kernel\.sh --arch aarch64$/);
+  });
+
   it('reads the kernel .config into a map', () => {
     const c = readKernelConfig(join(l.cache, 'kernel', 'k1', 'config'));
     expect(Object.fromEntries(c)).to.deep.equal({ CONFIG_IOMMUFD: 'y', CONFIG_NR_CPUS: '8', CONFIG_LOCALVERSION: '' });
@@ -141,5 +223,70 @@ describe('guest machine description', () => {
 
   it('refuses a results path the kernel command line cannot carry', () => {
     expect(() => guestCmdline({ resultsShare: { hostPath: '/x', guestPath: '/a b' } })).to.throw(/resultsShare.guestPath must be an absolute path without spaces, got "\/a b"/);
+  });
+});
+
+describe('aarch64 guest machine description', () => {
+  const root = '/cache/roots/aarch64-r1';
+  const image = {
+    arch: 'aarch64',
+    kernel: '/k/Image',
+    initrd: '/i/initramfs.cpio.gz',
+    root: { path: root, uefi: `${root}/usr/share/qemu-efi-aarch64/QEMU_EFI.fd` },
+  } as unknown as GuestImage;
+
+  it('is a virt machine with EL2 and GICv3, UEFI, the SMMUv3 first on the root complex, and the PL011 console with ACPI', () => {
+    const d = guestDescription({ image, devices: [{ driver: 'e1000e', id: 'n0' }] });
+    expect(d).to.deep.include({ arch: 'aarch64', cpu: 'max', accel: 'tcg' });
+    expect(d.machine).to.deep.equal({ type: 'virt', props: { virtualization: true, 'gic-version': 3 } });
+    expect(d.devices![0]).to.deep.equal({ driver: 'arm-smmuv3', id: 'iommu0', 'primary-bus': 'pcie.0', stage: 'nested' });
+    expect(d.devices!.map((x) => x.driver)).to.deep.equal(['arm-smmuv3', 'virtio-serial-pci', 'virtserialport', 'e1000e']);
+    expect(d.extraArgs).to.deep.equal(['-no-reboot', '-bios', `${root}/usr/share/qemu-efi-aarch64/QEMU_EFI.fd`]);
+    expect(d.kernel!.append).to.match(/^console=ttyAMA0 panic=-1 acpi=force harness\.role=agent /);
+  });
+
+  it("shares the arm64 root, not the host's /, as the default 9p root", () => {
+    const d = guestDescription({ image, rootShare: {} });
+    expect(d.extraArgs).to.include(`local,id=hostroot,path=${root},security_model=none,multidevs=remap,readonly=on`);
+  });
+
+  it('takes SMMUv3 properties as viommu, and refuses intelIommu on an arm64 guest', () => {
+    expect(guestDescription({ image, viommu: { stage: '2' } }).devices![0]).to.deep.include({ driver: 'arm-smmuv3', 'primary-bus': 'pcie.0', stage: '2' });
+    expect(guestDescription({ image, viommu: false }).devices!.map((x) => x.driver)).to.not.include('arm-smmuv3');
+    expect(() => guestDescription({ image, intelIommu: { 'caching-mode': true } })).to.throw(/intelIommu is an x86_64 option; this aarch64 guest's vIOMMU is arm-smmuv3 \(use viommu\)/);
+    expect(AARCH64_PLATFORM.viommu.driver).to.equal('arm-smmuv3');
+  });
+
+  it('refuses to boot an aarch64 image without its root', () => {
+    expect(() => guestDescription({ image: { ...image, root: undefined } })).to.throw(/the aarch64 image has no root \(image\.root\)/);
+  });
+
+  it("as the arm64 lab's L1: the checkout and the cache at their host paths, the e1000e on rp0", () => {
+    const d = guestDescription({ image, ...arm64L1Description({ repo: '/work/repo', cache: '/c/cache' }) });
+    expect(d.kernel!.append).to.include('harness.root=9p harness.roottag=hostroot harness.share=repo:/work/repo harness.share=cache:/c/cache');
+    expect(d.devices!.filter((x) => x.driver === 'e1000e')).to.deep.equal([{ driver: 'e1000e', romfile: '', id: 'lab-e1000e', bus: 'rp0' }]);
+    expect(d.memoryMB).to.equal(2048);
+  });
+});
+
+describe('9p root mount points', () => {
+  it('makes the missing share mount points in a root of our own, never in the host /', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'guest-root-'));
+    try {
+      mkdirSync(join(dir, 'mnt'));
+      const image = { arch: 'aarch64', kernel: '/k', initrd: '/i', root: { path: dir, uefi: '/u' } } as unknown as GuestImage;
+      const made = prepareRootMountPoints({
+        image,
+        rootShare: {},
+        resultsShare: { hostPath: '/r', guestPath: '/mnt' },
+        extraShares: [{ tag: 'repo', hostPath: '/x', guestPath: '/work/main' }],
+      });
+      expect(made).to.deep.equal([join(dir, 'work', 'main')]);
+      expect(existsSync(join(dir, 'work', 'main'))).to.equal(true);
+      const x86 = { kernel: '/k', initrd: '/i' } as unknown as GuestImage;
+      expect(prepareRootMountPoints({ image: x86, rootShare: {}, extraShares: [{ tag: 'r', hostPath: '/x', guestPath: '/no/such/dir' }] })).to.deep.equal([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
