@@ -1,4 +1,5 @@
-import { findQemu, qemuVersion, type Arch, type QemuBinary } from '../qemu/binary.js';
+import { existsSync } from 'node:fs';
+import { findQemu, qemuVersion, releaseQemuWrapper, type Arch, type QemuBinary } from '../qemu/binary.js';
 import { lacking, type QemuNeed } from '../qemu/capabilities.js';
 import { skipBecause } from '../report/skip.js';
 import { resolveConfig, ViommuFeatureError, type ResolveOptions, type ViommuConfig } from '../viommu/configs.js';
@@ -16,6 +17,21 @@ export async function requireQemu(ctx: Mocha.Context, arch: Arch): Promise<QemuB
   } catch (e) {
     return skipBecause(ctx, `no usable QEMU for ${arch}: ${(e as Error).message}`);
   }
+  return bin;
+}
+
+/**
+ * Another Debian release's QEMU as `scripts/install-qemu.sh --release R`
+ * installs it (scripts/bootstrap.sh installs trixie's), named by its bin/
+ * wrapper as a user would name it; a skip saying how to install it if absent.
+ */
+export async function requireReleaseQemu(ctx: Mocha.Context, release: string, arch: Arch = 'x86_64'): Promise<QemuBinary> {
+  const wrapper = releaseQemuWrapper(release, arch);
+  if (!existsSync(wrapper)) {
+    skipBecause(ctx, `${release}'s QEMU is not installed (${wrapper}): run scripts/install-qemu.sh --release ${release} (scripts/bootstrap.sh does)`);
+  }
+  const bin = findQemu(arch, { path: wrapper });
+  await qemuVersion(bin);
   return bin;
 }
 

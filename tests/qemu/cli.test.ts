@@ -2,7 +2,8 @@ import { expect } from 'chai';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { requireQemu } from '../../harness/testing/prereqs.js';
+import { releaseQemuRoot, releaseQemuWrapper } from '../../harness/qemu/binary.js';
+import { requireQemu, requireReleaseQemu } from '../../harness/testing/prereqs.js';
 import { repoRoot } from '../../harness/util/paths.js';
 
 const cli = (args: string[], env: Record<string, string> = {}) =>
@@ -16,11 +17,31 @@ describe('harness CLI', function () {
     const r = await cli(['qemu', 'info', '--json', '--arch', 'x86_64']);
     expect(r.exitCode, r.stderr).to.equal(0);
     const info = JSON.parse(r.stdout);
-    expect(info.version).to.match(/^QEMU emulator version \d+\.\d+\.\d+/);
+    const v = /^QEMU emulator version (\d+)\.(\d+)\.(\d+)/.exec(info.version);
+    expect(v, info.version).to.not.equal(null);
+    expect(info.versionNumbers).to.deep.equal({ major: Number(v![1]), minor: Number(v![2]), micro: Number(v![3]) });
+    // Every feature is listed, an absent one as null (not dropped from the JSON).
     expect(info.viommu['intel-iommu'].features).to.have.all.keys(
       'scalableMode', 'fsts', 'pasidBits', 'cachingMode', 'deviceIotlb', 'awBits', 'intremap', 'eim', 'svm', 'dmaTranslation',
     );
     expect(info.viommu['intel-iommu'].properties[info.viommu['intel-iommu'].features.fsts]).to.have.property('type', 'bool');
+    expect(info.accelerators).to.include('tcg');
+    expect(info.devices).to.include('intel-iommu');
+  });
+
+  it("qemu info --json on trixie's 10.0 (named by its wrapper, as a user would): 10.0's names, its own trace-events-all, what it lacks", async function () {
+    const bin = await requireReleaseQemu(this, 'trixie');
+    const r = await cli(['qemu', 'info', '--json', '--arch', 'x86_64', '--qemu', releaseQemuWrapper('trixie', 'x86_64')]);
+    expect(r.exitCode, r.stderr).to.equal(0);
+    const info = JSON.parse(r.stdout);
+    expect(info).to.include({ binary: bin.path, source: 'option', traceEventsAll: join(releaseQemuRoot('trixie'), 'usr/share/qemu/trace-events-all') });
+    expect(info.versionNumbers).to.include({ major: 10, minor: 0 });
+    expect(info.viommu['intel-iommu'].features).to.include({ fsts: 'x-flts', scalableMode: 'x-scalable-mode', pasidBits: 'x-pasid-mode', svm: null });
+    // What the TCG suite's skips rest on, as this binary reports it.
+    expect(info.devices).to.not.include('vfio-user-pci');
+    expect(info.accelerators).to.include('tcg').and.not.include('qtest');
+    expect(info.objects).to.not.include('monitor-qmp');
+    expect(info.runWith).to.include('chroot').and.not.include('exit-with-parent');
   });
 
   it('qemu info names a QEMU path that is not QEMU', async () => {

@@ -5,12 +5,11 @@ import { tmpdir } from 'node:os';
 import { UnixListener } from '../../harness/qmp/transport.js';
 import { dirname, join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
-import { findQemu, qemuVersion, QemuNotFoundError, releaseQemuWrapper, type QemuBinary } from '../../harness/qemu/binary.js';
-import { skipBecause } from '../../harness/report/skip.js';
+import { findQemu, qemuVersion, QemuNotFoundError } from '../../harness/qemu/binary.js';
 import { sleep, withDeadline } from '../../harness/util/deadline.js';
 import { LaunchError, Machine } from '../../harness/qemu/machine.js';
 import { useMachines } from '../../harness/testing/fixtures.js';
-import { requireQemu } from '../../harness/testing/prereqs.js';
+import { requireQemu, requireReleaseQemu } from '../../harness/testing/prereqs.js';
 import { repoRoot } from '../../harness/util/paths.js';
 
 /** Running or stopped; a zombie (exited, not yet reaped by its new parent) counts as gone. */
@@ -143,15 +142,6 @@ describe('No QEMU outlives a SIGKILLed harness', function () {
     }
   });
 });
-
-/** A QEMU installed by `scripts/install-qemu.sh --release R`, as a user would name it (its bin/ wrapper). */
-async function requireReleaseQemu(ctx: Mocha.Context, release: string): Promise<QemuBinary> {
-  const wrapper = releaseQemuWrapper(release, 'x86_64');
-  if (!existsSync(wrapper)) skipBecause(ctx, `${release}'s QEMU is not installed (${wrapper}): run scripts/install-qemu.sh --release ${release} (scripts/bootstrap.sh does)`);
-  const bin = findQemu('x86_64', { path: wrapper });
-  await qemuVersion(bin);
-  return bin;
-}
 
 /** Starts `node` that launches QEMU through Machine.launch and idles; resolves with QEMU's pid. */
 async function childHarnessWithQemu(artifactsDir: string, qemuPath: string): Promise<{ qemuPid: number; child: ResultPromise }> {

@@ -3,11 +3,16 @@ import type { DeviceProperty } from '../../harness/qmp/client.js';
 import { coerceToPropertyType, ConfigError, listConfigs, loadConfig, resolveConfig, validateConfig, ViommuFeatureError } from '../../harness/viommu/configs.js';
 import { featureNames } from '../../harness/viommu/features.js';
 import type { QemuProbe } from '../../harness/viommu/probe.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { repoRoot } from '../../harness/util/paths.js';
 
-const prop = (name: string, type = 'bool'): DeviceProperty => ({ name, type });
-// Property names as QEMU 11.1.3 and trixie's 10.0.13 list them (facts sheet §1, §9).
-const qemu11 = ['scalable-mode', 'fsts', 'pasid-bits', 'caching-mode', 'aw-bits', 'intremap', 'device-iotlb', 'svm'].map((n) => prop(n));
-const qemu10 = ['x-scalable-mode', 'x-flts', 'x-pasid-mode', 'caching-mode', 'aw-bits', 'intremap', 'device-iotlb', 'svm', 'pt', 'dma-drain'].map((n) => prop(n));
+/** intel-iommu's properties as the probe of each real binary listed them (tests/fixtures/qemu). */
+const captured = (version: string): DeviceProperty[] =>
+  (JSON.parse(readFileSync(join(repoRoot, 'tests', 'fixtures', 'qemu', `probe-x86_64-${version}.json`), 'utf8')) as { intelIommuProperties: DeviceProperty[] })
+    .intelIommuProperties;
+const qemu11 = captured('11.1.3');
+const qemu10 = captured('10.0.13');
 const probeOf = (props: DeviceProperty[]): QemuProbe =>
   ({
     binary: { path: '/opt/qemu/bin/qemu-system-x86_64' },
@@ -37,9 +42,24 @@ describe('vIOMMU configs and property names', () => {
 
   it('names the binary, version and the names tried when a feature is missing', () => {
     const noFsts = qemu11.filter((p) => p.name !== 'fsts');
+    // trixie's 10.0.13 has no svm under any name.
+    expect(() => resolveConfig({ ...loadConfig('intel-iommu-scalable-fsts'), viommu: { driver: 'intel-iommu', features: { svm: true } } }, probeOf(qemu10))).to.throw(
+      ViommuFeatureError,
+      /has no intel-iommu property for shared virtual memory \(tried svm\)$/,
+    );
     expect(() => resolveConfig(loadConfig('intel-iommu-scalable-fsts'), probeOf(noFsts))).to.throw(
       ViommuFeatureError,
       'QEMU /opt/qemu/bin/qemu-system-x86_64 (QEMU emulator version 10.0.13) has no intel-iommu property for first-stage translation (tried fsts, x-flts, flts)',
+    );
+  });
+
+  it('in exact mode refuses a spelling that would change the value (a width as 10.0\'s x-pasid-mode bool), saying why', () => {
+    const cfg = { ...loadConfig('intel-iommu-scalable-fsts'), viommu: { driver: 'intel-iommu' as const, features: { scalableMode: true, pasidBits: 21 } } };
+    expect(resolveConfig(cfg, probeOf(qemu10)).device).to.include({ 'x-pasid-mode': true });
+    expect(resolveConfig(cfg, probeOf(qemu11), { exact: true }).device).to.include({ 'pasid-bits': 21 });
+    expect(() => resolveConfig(cfg, probeOf(qemu10), { exact: true })).to.throw(
+      ViommuFeatureError,
+      /no intel-iommu property for PASID support \(width in bits\) \(tried pasid-bits, x-pasid-mode, pasid; x-pasid-mode is a bool: .*so 21 cannot reach QEMU as given\)/,
     );
   });
 
