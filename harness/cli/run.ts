@@ -16,6 +16,7 @@ import { isAbsolute, join, resolve } from 'node:path';
 import Mocha from 'mocha';
 import HarnessReporter from '../report/mocha-reporter.js';
 import type { TestResult } from '../report/junit.js';
+import { NO_QEMU_SKIP, runExitStatus, type RunCounts } from '../report/outcome.js';
 import { loadProfile, profileFromEnv, resolveProfilePath } from '../host/profile.js';
 import { replayVfioJournal } from '../host/vfio-bind.js';
 import { ARCHES, envVarsFor, findQemu, qemuVersion, QemuNotFoundError, type Arch } from '../qemu/binary.js';
@@ -35,12 +36,6 @@ import { artifactsRoot } from '../util/paths.js';
 import { EXIT, runCommandSpec, str, strs, UsageError, type CommandSpec, type Io, type Parsed } from './options.js';
 
 export { SUITES } from '../testing/test-list.js';
-
-/** Kept for callers of the old name: the bisect meanings of the shared exit statuses. */
-export const RUN_EXIT = { passed: EXIT.ok, failed: EXIT.failed, untestable: EXIT.untestable, harnessError: EXIT.usage } as const;
-
-/** Where a skip says "no QEMU" (harness/testing/prereqs.ts requireQemu). */
-const NO_QEMU_SKIP = /^no usable QEMU\b/;
 
 export const RUN: CommandSpec = {
   name: 'run',
@@ -229,22 +224,21 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
   }
   const { mochaHooks } = await import('../testing/root-hooks.js');
   mocha.rootHooks(mochaHooks);
-  let noQemuSkips = 0;
-  const stats = await new Promise<Mocha.Stats | undefined>((resolve) => {
-    const runner = mocha.run(() => resolve(runner.stats));
-    runner.on(Mocha.Runner.constants.EVENT_TEST_PENDING, (t: Mocha.Test & { skipReason?: string }) => {
-      if (NO_QEMU_SKIP.test(t.skipReason ?? '')) noQemuSkips++;
+  const counts: RunCounts = { passed: 0, failed: 0, skipped: 0, noQemuSkips: 0 };
+  await new Promise<void>((resolve) => {
+    const runner = mocha.run(() => resolve());
+    const { EVENT_TEST_PASS, EVENT_TEST_FAIL, EVENT_TEST_PENDING } = Mocha.Runner.constants;
+    runner.on(EVENT_TEST_PASS, () => counts.passed++);
+    runner.on(EVENT_TEST_FAIL, () => counts.failed++);
+    runner.on(EVENT_TEST_PENDING, (t: Mocha.Test & { skipReason?: string }) => {
+      counts.skipped++;
+      if (NO_QEMU_SKIP.test(t.skipReason ?? '')) counts.noQemuSkips++;
     });
   });
-  if (!stats) return EXIT.untestable;
-  if (stats.failures > 0) return EXIT.failed;
-  if (stats.passes === 0) {
-    io.stderr.write(`harness run: no test ran (${stats.pending} skipped)\n(exit ${EXIT.untestable}: nothing could run; git bisect run skips this commit)\n`);
-    return EXIT.untestable;
+  const status = runExitStatus(counts, qemus.usable.length > 0);
+  if (status === EXIT.untestable) {
+    const why = counts.passed === 0 ? `no test ran (${counts.skipped} skipped)` : `${counts.noQemuSkips} tests skipped for want of a usable QEMU and no arch has one:\n  ${qemus.missing.join('\n  ')}`;
+    io.stderr.write(`harness run: ${why}\n(exit ${EXIT.untestable}: nothing could be tested; git bisect run skips this commit)\n`);
   }
-  if (noQemuSkips > 0 && qemus.usable.length === 0) {
-    io.stderr.write(`harness run: ${noQemuSkips} tests skipped for want of a usable QEMU and no arch has one:\n  ${qemus.missing.join('\n  ')}\n(exit ${EXIT.untestable}: git bisect run skips this commit)\n`);
-    return EXIT.untestable;
-  }
-  return EXIT.ok;
+  return status;
 }

@@ -171,6 +171,18 @@ export function virtualLabDescription(o: VirtualLabOptions, vfioUser: DeviceSpec
   };
 }
 
+/** L0's environment variables that L1's `harness run` gets too (everything else is L1's own, see runSuites). */
+export const L1_PASSED_ENV = ['QEMU_X86_64', 'HARNESS_L2_QEMU_X86_64', 'HARNESS_TIMEOUT_MULTIPLIER'] as const;
+
+export interface SuiteRunOptions {
+  timeoutMs?: number;
+  /** L1's `harness run --grep` (a regular expression on L1's full titles). */
+  grep?: string;
+  /** L1's `harness run --repeat`. */
+  repeat?: number;
+  env?: Record<string, string>;
+}
+
 export interface SuiteRun {
   /** Exit status of `harness run` inside L1. */
   status: number;
@@ -246,7 +258,7 @@ export class VirtualLab {
    * machine, with the virtual lab's host profile; returns L1's results with
    * artifact paths translated to L0's.
    */
-  async runSuites(suites: string[], opts: { timeoutMs?: number; grep?: string; env?: Record<string, string> } = {}): Promise<SuiteRun> {
+  async runSuites(suites: string[], opts: SuiteRunOptions = {}): Promise<SuiteRun> {
     const env: Record<string, string> = {
       PATH: '/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin',
       HOME: process.env.HOME ?? '/root',
@@ -260,10 +272,11 @@ export class VirtualLab {
       HARNESS_VFIO_JOURNAL: '/run/harness-vfio-journal.jsonl',
       // The guest image is L0's; L1 never boots guests of its own.
       HARNESS_SKIP_IMAGES: '1',
-      ...(process.env.QEMU_X86_64 ? { QEMU_X86_64: process.env.QEMU_X86_64 } : {}),
+      // The user's QEMU for L0, and the one the lab suites run as L2, reach L1 as they reached L0.
+      ...Object.fromEntries(L1_PASSED_ENV.filter((k) => process.env[k]).map((k) => [k, process.env[k]!])),
       ...opts.env,
     };
-    const args = [...suites.flatMap((s) => ['--suite', s]), ...(opts.grep ? ['--grep', opts.grep] : [])];
+    const args = [...suites.flatMap((s) => ['--suite', s]), ...(opts.grep ? ['--grep', opts.grep] : []), ...(opts.repeat && opts.repeat > 1 ? ['--repeat', String(opts.repeat)] : [])];
     const cmd =
       `cd ${shellQuote(repoRoot)} && exec env -i ${Object.entries(env).map(([k, v]) => shellQuote(`${k}=${v}`)).join(' ')} ` +
       `node --enable-source-maps dist/harness/cli.js run ${args.map(shellQuote).join(' ')}`;

@@ -3,28 +3,51 @@ import Mocha from 'mocha';
 import { appendFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { requireGuestImage } from '../../harness/guest/image.js';
+import { L1_PREFIX, L1Results } from '../../harness/lab/l1-results.js';
 import { VirtualLab, type SuiteRun } from '../../harness/lab/virtual-lab.js';
 import type { TestResult } from '../../harness/report/junit.js';
 import type { WithArtifacts } from '../../harness/report/mocha-reporter.js';
 import { skipBecause } from '../../harness/report/skip.js';
 import { useSuiteMachines } from '../../harness/testing/fixtures.js';
 import { requireQemu } from '../../harness/testing/prereqs.js';
+import { exactTitles, fullTitle, listTestsSync, testKey, type ListedTest } from '../../harness/testing/test-list.js';
+
+/** The suites L1 runs. */
+const L1_SUITES = ['lab'];
+
+/**
+ * L1's tests, listed from the compiled lab suites before anything runs, so
+ * that `harness run --list` shows them, `--grep` reaches them and a test L1
+ * should have run but did not report fails instead of vanishing.
+ */
+let expected: ListedTest[] = [];
+let listError: Error | undefined;
+try {
+  expected = listTestsSync(L1_SUITES);
+} catch (e) {
+  listError = e as Error;
+}
 
 /**
  * The virtual lab: L1 boots under TCG with an emulated VT-d; inside it the
- * harness runs the lab suites exactly as on a lab machine. Each L1 result
- * becomes a test here, so an L1 failure fails this run and an L1 skip is
- * counted with its reason.
+ * harness runs the lab suites exactly as on a lab machine. Each test L1 is
+ * expected to run is a test here, registered up front; it passes, fails or
+ * skips as L1's result says, and fails when L1 did not report it.
  */
 describe('virtual lab (L1 under TCG, emulated VT-d)', function () {
   this.timeout(30 * 60_000);
   const machines = useSuiteMachines();
   let lab: VirtualLab | undefined;
   let run: SuiteRun | undefined;
+  let l1: L1Results | undefined;
 
   before(async function () {
     await requireQemu(this, 'x86_64');
     const image = requireGuestImage(this);
+    const suite = this.test!.parent!;
+    // What this run selected (harness run --grep / --failed remove the rest before the run starts).
+    const selectedL1 = new Set(suite.tests.filter((t) => t.title.startsWith(L1_PREFIX)).map((t) => t.title.slice(L1_PREFIX.length).replace(/ \(repeat \d+\/\d+\)$/, '')));
+    const wantsRun = selectedL1.size > 0 || suite.tests.some((t) => t.title.startsWith('runs the lab suites'));
     const resultsDir = join(machines.artifactsDir, 'l1');
     const vfioUserLog = join(machines.artifactsDir, 'vfio-user.log');
     lab = await VirtualLab.start((d) => machines.launch(d, { name: 'l1' }), {
@@ -32,9 +55,16 @@ describe('virtual lab (L1 under TCG, emulated VT-d)', function () {
       resultsDir,
       log: (l) => appendFileSync(vfioUserLog, `${l}\n`),
     });
-    run = await lab.runSuites(['lab']);
-    const suite = this.test!.parent!;
-    for (const r of run.results) suite.addTest(l1Test(r));
+    if (!wantsRun) return;
+    const subset = selectedL1.size > 0 && selectedL1.size < expected.length;
+    const repeat = Number(process.env.HARNESS_REPEAT ?? 1);
+    run = await lab.runSuites(L1_SUITES, {
+      ...(subset ? { grep: exactTitles(expected.filter((l) => selectedL1.has(testKey(l))).map(fullTitle)) } : {}),
+      ...(repeat > 1 ? { repeat } : {}),
+    });
+    l1 = new L1Results(expected, run);
+    // Results L0's list did not expect still show (L0 and L1 saw different suite files).
+    for (const r of l1.unexpected()) suite.addTest(l1Test(`${L1_PREFIX}${r.suite} › ${r.title} (not in L0's list of L1's tests)`));
   });
 
   // L1 first, then its vfio-user servers (QEMU aborts if a server goes first).
@@ -46,7 +76,7 @@ describe('virtual lab (L1 under TCG, emulated VT-d)', function () {
   it('boots L1 and reaches its agent', function () {
     expect(lab, 'L1').to.not.equal(undefined);
     expect(lab!.guest.agentReadyMs).to.be.a('number');
-    console.log(`      L1 agent ready after ${lab!.guest.agentReadyMs} ms; L1 suite run ${run!.durationMs} ms`);
+    console.log(`      L1 agent ready after ${lab!.guest.agentReadyMs} ms${run ? `; L1 suite run ${run.durationMs} ms` : ''}`);
   });
 
   it('serves L1 its synthetic vfio-user endpoints: each handshook with L0 QEMU', function () {
@@ -58,22 +88,29 @@ describe('virtual lab (L1 under TCG, emulated VT-d)', function () {
     expect(lab!.vfioUser.devices.map((d) => d.id)).to.include('lab-pasid-endpoint');
   });
 
-  it('runs the lab suites inside L1 and brings their results back', function () {
+  it('runs the lab suites inside L1: its exit status agrees with its results, and every result was expected', function () {
+    if (listError) throw new Error(`could not list L1's tests (harness run --list --suite ${L1_SUITES.join(' --suite ')}): ${listError.message}`);
     expect(run!.results.length, `no results from L1; its output:\n${run!.output.slice(-3000)}`).to.be.greaterThan(0);
-    expect([0, 1]).to.include(run!.status);
+    const problem = l1!.statusProblem();
+    expect(problem, `${problem}; L1's output:\n${run!.output.slice(-3000)}`).to.equal(undefined);
+    expect(l1!.unexpected().map((r) => `${r.suite} › ${r.title}`), "results L0's list of L1's tests did not have").to.deep.equal([]);
   });
-});
 
-/** One L1 result as a test of this run. */
-function l1Test(r: TestResult): Mocha.Test {
-  const t = new Mocha.Test(`L1 › ${r.suite} › ${r.title}`, function (this: Mocha.Context) {
-    if (r.artifactsDir) (this.test as Mocha.Test & WithArtifacts).artifactsDir = r.artifactsDir;
-    if (r.state === 'skipped') skipBecause(this, r.skipReason ?? 'skipped in L1');
-    if (r.state === 'failed') {
-      const e = new Error(`failed in L1: ${r.error ?? '(no message)'}${r.artifactsDir ? `\n  L1 artifacts: ${r.artifactsDir}` : ''}`);
-      e.stack = e.message;
-      throw e;
-    }
-  });
-  return t;
-}
+  for (const l of expected) this.addTest(l1Test(`${L1_PREFIX}${testKey(l)}`));
+
+  /** One test L1 should run, judged by L1's result (looked up by title, so --repeat copies find theirs). */
+  function l1Test(title: string): Mocha.Test {
+    return new Mocha.Test(title, function (this: Mocha.Context) {
+      if (!l1) throw new Error(`L1's suites did not run${run ? '' : ' (the virtual lab ran none of its L1 tests)'}`);
+      const r: TestResult | undefined = l1.resultFor(this.test!.title.replace(/ \(not in L0's list of L1's tests\)$/, ''));
+      if (!r) throw new Error(l1.missingReason(this.test!.title));
+      if (r.artifactsDir) (this.test as Mocha.Test & WithArtifacts).artifactsDir = r.artifactsDir;
+      if (r.state === 'skipped') skipBecause(this, r.skipReason ?? 'skipped in L1');
+      if (r.state === 'failed') {
+        const e = new Error(`failed in L1: ${r.error ?? '(no message)'}${r.artifactsDir ? `\n  L1 artifacts: ${r.artifactsDir}` : ''}`);
+        e.stack = e.message;
+        throw e;
+      }
+    });
+  }
+});
