@@ -143,8 +143,100 @@ export function errnoValue(nameOrRet: string | number): number {
 }
 
 /**
+ * What the number in a trace event's `ret` means. QEMU traces three kinds
+ * (read from backends/iommufd.c and hw/i386/intel_iommu_accel.c; 11.1.3's
+ * formats are the same):
+ * - `ioctl`: the raw ioctl(2) result, `ret = ioctl(...); trace_...(..., ret)`:
+ *   0 or -1, never -errno. The errno is in QEMU's error message
+ *   (`error_setg_errno(errp, errno, "Failed to allocate hwpt")`) or in the
+ *   kernel's answer (kprobes). alloc_hwpt, free_id, alloc_viommu, alloc_vdev,
+ *   alloc_veventq/alloc_eventq, alloc_hw_queue, map_dma, map_file_dma, unmap_dma.
+ * - `errno`: `ret ? errno : 0`, a positive errno: set_dirty, get_dirty_bitmap,
+ *   invalidate_cache (upstream's merged form; early patch versions traced ret).
+ * - `bool`: the vtd_device_* helpers return bool: 1 = success, 0 = failure.
+ * A negative value other than -1 under `ioctl` can only be a -errno (a build
+ * that traces one): it is named, with its source `trace`.
+ */
+export type RetEncoding = 'ioctl' | 'errno' | 'bool';
+
+export const RET_ENCODING: Readonly<Record<string, RetEncoding>> = {
+  iommufd_backend_alloc_hwpt: 'ioctl',
+  iommufd_backend_free_id: 'ioctl',
+  iommufd_backend_alloc_viommu: 'ioctl',
+  iommufd_backend_alloc_vdev: 'ioctl',
+  iommufd_backend_alloc_veventq: 'ioctl',
+  iommufd_viommu_alloc_eventq: 'ioctl',
+  iommufd_backend_alloc_hw_queue: 'ioctl',
+  iommufd_backend_map_dma: 'ioctl',
+  iommufd_backend_map_file_dma: 'ioctl',
+  iommufd_backend_unmap_dma: 'ioctl',
+  iommufd_backend_unmap_dma_non_exist: 'ioctl',
+  iommufd_backend_set_dirty: 'errno',
+  iommufd_backend_get_dirty_bitmap: 'errno',
+  iommufd_backend_invalidate_cache: 'errno',
+  vtd_device_attach_hwpt: 'bool',
+  vtd_device_detach_hwpt: 'bool',
+  vtd_device_reattach_def_hwpt: 'bool',
+};
+
+export interface RetOutcome {
+  ok: boolean;
+  /** The errno name, only when the trace itself carries it. */
+  errno?: string;
+  /** For messages: `OK`, `failed (ioctl returned -1; the errno is not in the trace)`, `EOPNOTSUPP`, ... */
+  text: string;
+}
+
+/**
+ * The outcome a trace `ret` stands for; undefined for an event whose `ret`
+ * the table does not cover (then nothing is claimed about it).
+ */
+export function retOutcome(event: string, ret: number): RetOutcome | undefined {
+  const enc = RET_ENCODING[event];
+  if (enc === undefined) return undefined;
+  if (enc === 'bool') return ret === 0 ? { ok: false, text: 'failed (returned false)' } : { ok: true, text: 'OK' };
+  if (ret === 0) return { ok: true, text: 'OK' };
+  if (enc === 'errno') return ret > 0 ? { ok: false, errno: errnoName(-ret), text: errnoName(-ret) } : { ok: false, text: `failed (ret ${ret})` };
+  if (ret === -1) return { ok: false, text: 'failed (ioctl returned -1; the errno is not in the trace)' };
+  return ret < 0 ? { ok: false, errno: errnoName(ret), text: errnoName(ret) } : { ok: false, text: `failed (ret ${ret})` };
+}
+
+/** glibc's strerror(3) texts, as QEMU's `%m` and error_setg_errno print them. */
+export const ERRNO_TEXT: Readonly<Record<string, keyof typeof ERRNO>> = {
+  'Operation not permitted': 'EPERM',
+  'No such file or directory': 'ENOENT',
+  'Interrupted system call': 'EINTR',
+  'Input/output error': 'EIO',
+  'No such device or address': 'ENXIO',
+  'Argument list too long': 'E2BIG',
+  'Bad file descriptor': 'EBADF',
+  'Resource temporarily unavailable': 'EAGAIN',
+  'Cannot allocate memory': 'ENOMEM',
+  'Permission denied': 'EACCES',
+  'Bad address': 'EFAULT',
+  'Device or resource busy': 'EBUSY',
+  'File exists': 'EEXIST',
+  'No such device': 'ENODEV',
+  'Invalid argument': 'EINVAL',
+  'No space left on device': 'ENOSPC',
+  'Numerical result out of range': 'ERANGE',
+  'Function not implemented': 'ENOSYS',
+  'Value too large for defined data type': 'EOVERFLOW',
+  'Operation not supported': 'EOPNOTSUPP',
+  'Address already in use': 'EADDRINUSE',
+  'Connection timed out': 'ETIMEDOUT',
+};
+
+/** `Operation not supported` → `EOPNOTSUPP`; undefined for a text the table lacks. */
+export function errnoFromText(text: string): string | undefined {
+  return ERRNO_TEXT[text.trim()];
+}
+
+/**
  * Decoded names for the fields of the iommufd/vfio events whose numbers are
  * flags or enums; `{}` for other events. Used by `trace decode` and messages.
+ * `ret` is decoded by its encoding (RET_ENCODING): a raw ioctl -1 is shown as
+ * a failure without an errno, never as EPERM.
  */
 export function decodedFields(event: string, fields: Record<string, FieldValue>): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
@@ -158,9 +250,10 @@ export function decodedFields(event: string, fields: Record<string, FieldValue>)
     const t = f('type');
     if (t !== undefined) out.type = viommuTypeName(t);
   }
-  if (event.startsWith('iommufd_') || event.startsWith('vtd_device_')) {
-    const ret = f('ret');
-    if (ret !== undefined && ret < 0) out.ret = errnoName(ret);
+  const ret = f('ret');
+  if (ret !== undefined) {
+    const o = retOutcome(event, ret);
+    if (o && !o.ok) out.ret = o.text;
   }
   return out;
 }

@@ -1,5 +1,6 @@
 // iommufd lines here are written from the facts sheet (formats of section 5, sequences of
-// sections 3 and 9), not captured: see tests/fixtures/trace/README.md.
+// sections 3 and 9), not captured: see tests/fixtures/trace/README.md. The real captures
+// are read by trace-l1-captures, trace-smmuv3, trace-ret and trace-retry-realize tests.
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -20,7 +21,8 @@ describe('trace model: iommufd objects from trace records', function () {
     expect(m.binds[0]).to.include({ name: '0000:00:03.0', devId: 1, fd: 13, iommufd: 12 });
     expect(m.objects.map((o) => [o.kind, o.id])).to.deep.equal([['ioas', 2], ['hwpt', 3]]);
     expect(m.hwptAllocs).to.have.length(1);
-    expect(m.hwptAllocs[0]).to.include({ devId: 1, ptId: 2, ptKind: 'ioas', flags: 0, id: 3, ok: true, errno: 'OK' });
+    expect(m.hwptAllocs[0]).to.include({ devId: 1, ptId: 2, ptKind: 'ioas', role: 'parent', flags: 0, id: 3, ok: true, outcome: 'OK' });
+    expect(m.hwptAllocs[0]!.errno).to.equal(undefined);
     expect(m.attaches[0]).to.include({ pasid: 0, targetId: 3, targetKind: 'hwpt', devId: 1 });
     expect(m.detaches[0]).to.include({ pasid: 0, devId: 1 });
     expect(m.liveObjects()).to.deep.equal([]);
@@ -30,11 +32,14 @@ describe('trace model: iommufd objects from trace records', function () {
     expect(m.anomalies).to.deep.equal([]);
   });
 
-  it('fsts=on refused with EOPNOTSUPP: a failed request, no HWPT object, the IOAS freed', function () {
+  it('fsts=on refused: the trace says -1 (the raw ioctl result), QEMU\'s message in the same file says EOPNOTSUPP', function () {
     const m = model('facts-fsts-eopnotsupp.log');
-    expect(m.failedHwptAllocs().map((h) => [h.flags, h.flagNames, h.errno])).to.deep.equal([[1, ['NEST_PARENT'], 'EOPNOTSUPP']]);
+    expect(m.failedHwptAllocs().map((h) => [h.flags, h.flagNames, h.ret, h.errno, h.errnoSource])).to.deep.equal([
+      [1, ['NEST_PARENT'], -1, 'EOPNOTSUPP', 'qemu-message'],
+    ]);
     expect(m.objects.map((o) => o.kind)).to.deep.equal(['ioas']);
-    expect(m.failures().map((f) => [f.what, f.errno])).to.deep.equal([['iommufd_backend_alloc_hwpt', 'EOPNOTSUPP']]);
+    expect(m.failures().map((f) => [f.what, f.errno, f.errnoSource])).to.deep.equal([['iommufd_backend_alloc_hwpt', 'EOPNOTSUPP', 'qemu-message']]);
+    expect(m.qemuMessages.map((q) => [q.event, q.errno])).to.deep.equal([['iommufd_backend_alloc_hwpt', 'EOPNOTSUPP']]);
     expect(m.liveObjects()).to.deep.equal([]);
     expect(m.hwptAllocs[0]!.record.time).to.equal('2026-11-26T00:48:05.019408Z');
   });
@@ -53,23 +58,14 @@ describe('trace model: iommufd objects from trace records', function () {
       ['ioas', ['NEST_PARENT', 'DIRTY_TRACKING', 'PASID'], 'NONE', 0],
       ['hwpt', ['PASID'], 'VTD_S1', 24],
     ]);
-    expect(m.vtd.map((v) => [v.op, v.devId, v.pasid, v.hwptId, v.ret])).to.deep.equal([
-      ['attach', 1, 0, 4, 0], ['detach', 1, 0, undefined, 0], ['reattach', 1, 0, 3, 0],
+    // vtd_device_* trace a bool: 1 = success.
+    expect(m.vtd.map((v) => [v.op, v.devId, v.pasid, v.hwptId, v.ret, v.ok])).to.deep.equal([
+      ['attach', 1, 0, 4, 1, true], ['detach', 1, 0, undefined, 1, true], ['reattach', 1, 0, 3, 1, true],
     ]);
+    expect(m.hwptAllocs.map((h) => h.role)).to.deep.equal(['parent', 'nested']);
     expect(m.dirty).to.have.length(1);
     expect(m.dirty[0]).to.include({ hwptId: 3, enable: true, ret: 0 });
     expect(m.liveObjects().map((o) => `${o.kind} ${o.id}`)).to.deep.equal(['ioas 2', 'hwpt 3']);
-  });
-
-  it('arm-smmuv3 accel: vIOMMU type ARM_SMMUV3, HWPTs on the vIOMMU, vdevices, a failed one with a bigint virt_id', function () {
-    const m = model('facts-smmuv3-accel.log');
-    expect(m.viommus[0]).to.include({ typeName: 'ARM_SMMUV3', hwptId: 3, id: 4, ret: 0 });
-    expect(m.hwptAllocs.slice(1).map((h) => [h.ptKind, h.hwptTypeName, h.len])).to.deep.equal([
-      ['viommu', 'ARM_SMMUV3', 16], ['viommu', 'ARM_SMMUV3', 16],
-    ]);
-    expect(m.vdevices.map((v) => [v.virtId, v.id, v.ret])).to.deep.equal([[8, 7, 0], [0xfffffffffffffff0n, 0, -22]]);
-    expect(m.failures().map((f) => f.errno)).to.deep.equal(['EINVAL']);
-    expect(m.liveObjects().map((o) => o.kind)).to.deep.equal(['ioas', 'hwpt', 'viommu', 'hwpt', 'hwpt', 'vdevice']);
   });
 
   it('older QEMU: attach without a PASID field', function () {
@@ -120,6 +116,7 @@ describe('trace model: iommufd objects from trace records', function () {
     expect(m.hwptAllocs[0]!.kernel?.fields.ret).to.equal(0);
     expect(j.answersWithoutRequest.map((a) => a.line)).to.deep.equal([1]);
     expect(j.requestsWithoutAnswer).to.deep.equal([]);
+    expect(j.viommu.pairs).to.deep.equal([]);
   });
 
   it('excerpt shows line numbers and elides the start of long lists', function () {

@@ -52,14 +52,21 @@ describe('trace oracle: HWPT flags QEMU must request (facts section 3)', functio
     }
   }
 
-  it('arm-smmuv3 accel: ssidsize=auto follows the host SSIDSIZE; the extra HWPTs and vIOMMU are described', function () {
+  it('arm-smmuv3 accel: ssidsize=auto follows the host SSIDSIZE, but the first device allocates before it is read', function () {
     const host = { dirtyTracking: true, maxPasidLog2: 20 };
-    expect(viommuFlags({ kind: 'arm-smmuv3', accel: true, ssidsize: 'auto' }, { ...host, smmuSsid: true }).flags).to.equal(0x3);
-    expect(viommuFlags({ kind: 'arm-smmuv3', accel: true, ssidsize: 'auto' }, { ...host, smmuSsid: false }).flags).to.equal(0x1);
+    const auto: ViommuConfig = { kind: 'arm-smmuv3', accel: true, ssidsize: 'auto' };
+    expect(viommuFlags(auto, { ...host, smmuSsid: true })).to.include({ flags: 0x1, afterSetIommuDevice: 0x3 });
+    expect(viommuFlags(auto, { ...host, smmuSsid: true }, { firstDevice: false })).to.include({ flags: 0x3, afterSetIommuDevice: 0x3 });
+    expect(viommuFlags(auto, { ...host, smmuSsid: false })).to.include({ flags: 0x1, afterSetIommuDevice: 0x1 });
+    expect(viommuFlags(auto, { ...host, smmuSsid: true }).why).to.include('before set_iommu_device reads the host SSIDSIZE');
+    // The synthesized PASID capability comes after set_iommu_device: it sees the host SSIDSIZE.
+    expect(expectHwpt(auto, { ...host, smmuSsid: true }).synthesizesPasidCap).to.equal(true);
+    expect(expectHwpt(auto, { ...host, smmuSsid: false }).synthesizesPasidCap).to.equal(false);
     const e = expectHwpt({ kind: 'arm-smmuv3', accel: true, ssidsize: 'auto' }, host);
     expect(e.parent?.flags).to.equal(0x1);
     expect(e.smmu?.viommuType).to.equal(1);
-    expect(e.smmu?.bypassAbort).to.deep.include({ flags: 0, hwptType: 2, len: 16 });
+    expect(e.smmu?.bypassAbort).to.deep.include({ flags: 0, hwptType: 2, len: 16, ptId: 'viommu' });
+    expect([e.smmu?.abort.role, e.smmu?.bypass.role, e.smmu?.nested.role]).to.deep.equal(['abort', 'bypass', 'nested']);
     expect(e.explanation).to.match(/no DIRTY_TRACKING: the vIOMMU wants a nesting parent without nesting dirty tracking/);
   });
 
