@@ -255,9 +255,10 @@ export interface KernelJoin {
 
 /** What one vfio-pci device did, from its bind to its last detach. */
 export interface DeviceStory {
-  name: string;
+  /** Undefined when the trace has no bind line for the device (cdev events off). */
+  name?: string;
   devId: number;
-  bind: DeviceBind;
+  bind?: DeviceBind;
   allocs: HwptAlloc[];
   attaches: Attach[];
   detaches: Detach[];
@@ -787,7 +788,15 @@ export class IommufdModel {
    */
   deviceStory(nameOrDevId: string | number): DeviceStory | undefined {
     const bindIdx = this.binds.map((b, i) => [b, i] as const).filter(([b]) => b.name === nameOrDevId || b.devId === nameOrDevId).pop();
-    if (!bindIdx) return undefined;
+    if (!bindIdx) {
+      // A trace without the cdev lines (only iommufd_backend_* enabled): the story is the whole trace.
+      if (typeof nameOrDevId !== 'number' || !this.hwptAllocs.some((h) => h.devId === nameOrDevId)) return undefined;
+      const allocs = this.hwptAllocs.filter((h) => h.devId === nameOrDevId);
+      return {
+        devId: nameOrDevId, allocs, attaches: [], detaches: [], retries: [...this.retries],
+        objects: this.objects.filter((o) => o.kind === 'ioas' || allocs.some((h) => h.object === o)),
+      };
+    }
     const [bind, i] = bindIdx;
     const from = bind.record.line;
     const nextBind = this.binds[i + 1]?.record.line ?? Infinity;
