@@ -34,6 +34,9 @@ fi
 if [ -z "${QEMU_X86_64:-}" ] || [ -z "${QEMU_AARCH64:-}" ]; then
   sh scripts/install-qemu.sh
 fi
+# An older QEMU, Debian trixie's 10.0, the same way into qemu-trixie/: npm test
+# runs the TCG suite against it as a user's own QEMU (tests/qemu/older-qemu.test.ts).
+sh scripts/install-qemu.sh --release trixie
 
 # 4. Guest kernel and initramfs (cached by their inputs; ~10 minutes the first time).
 if [ "${HARNESS_SKIP_IMAGES:-}" != 1 ]; then

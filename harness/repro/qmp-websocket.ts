@@ -10,7 +10,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { findQemu, qemuVersion } from '../qemu/binary.js';
+import { monitorArgs } from '../qemu/capabilities.js';
 import { Machine } from '../qemu/machine.js';
+import { probeQemu } from '../viommu/probe.js';
 import { withDeadline } from '../util/deadline.js';
 import { freeLoopbackPort } from '../util/net.js';
 import type { Reproducer, ReproOptions, ReproOutcome } from './types.js';
@@ -49,6 +51,8 @@ async function readUntil(c: Awaited<ReturnType<typeof connect>>, done: (s: strin
 async function run(o: ReproOptions): Promise<ReproOutcome> {
   const bin = findQemu(o.arch, o.qemuPath ? { path: o.qemuPath } : {});
   const version = await qemuVersion(bin);
+  // -object monitor-qmp where the binary has it (11.1 deprecates -mon), -mon on 10.0.
+  const { features } = await probeQemu(bin);
   const [qmpPort, hmpPort] = [await freeLoopbackPort(), await freeLoopbackPort()];
   const m = await Machine.launch(
     {
@@ -57,9 +61,9 @@ async function run(o: ReproOptions): Promise<ReproOutcome> {
       paused: true,
       extraArgs: [
         '-chardev', `socket,id=wsq,host=127.0.0.1,port=${qmpPort},server=on,wait=off,websocket=on`,
-        '-object', 'monitor-qmp,id=mq,chardev=wsq',
+        ...monitorArgs(features, 'mq', 'qmp', 'wsq'),
         '-chardev', `socket,id=wsh,host=127.0.0.1,port=${hmpPort},server=on,wait=off,websocket=on`,
-        '-object', 'monitor-hmp,id=mh,chardev=wsh',
+        ...monitorArgs(features, 'mh', 'hmp', 'wsh'),
       ],
     },
     { binary: bin, name: 'qemu', artifactsDir: o.artifactsDir },

@@ -4,7 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { findQemu, qemuVersion } from '../../harness/qemu/binary.js';
+import { monitorArgs } from '../../harness/qemu/capabilities.js';
 import { requireQemu } from '../../harness/testing/prereqs.js';
+import { probeQemu } from '../../harness/viommu/probe.js';
 import { repoRoot } from '../../harness/util/paths.js';
 
 const artifacts = mkdtempSync(join(tmpdir(), 'harness-repro-test-'));
@@ -36,7 +38,7 @@ describe('harness repro', function () {
     expect(r.exitCode, `${r.stderr}\n${r.stdout}`).to.equal(0);
     expect(out.present, `QEMU ${version.text} answered QMP over its WebSocket chardev: the defect is fixed there, update facts §10 and tests/qemu/ws-bridge.test.ts`).to.equal(true);
     expect(out.qemu).to.deep.equal({ path: findQemu('x86_64').path, version: version.text });
-    expect(out.cmdline).to.include('websocket=on').and.include('-object monitor-qmp,id=mq,chardev=wsq');
+    expect(out.cmdline).to.include('websocket=on').and.include(monitorArgs((await probeQemu(findQemu('x86_64'))).features, 'mq', 'qmp', 'wsq').join(' '));
     expect(out.expected).to.include('{"return": {}, "id": 1}');
     expect(out.seen).to.match(/^greeting \{"QMP": \{"version": \{"qemu": \{"micro": \d+/).and.include('no answer within 3000 ms');
     // The control rules out the client: HMP answers on the same kind of chardev.
