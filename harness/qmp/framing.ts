@@ -10,6 +10,14 @@ export type QmpMessage = Record<string, unknown>;
 export const DEFAULT_MAX_MESSAGE_BYTES = 32 << 20;
 
 /**
+ * Deepest nesting of objects and arrays accepted, QEMU's own limit for what
+ * it reads (MAX_NESTING in qobject/json-streamer.c). JSON.parse copes with far
+ * deeper input, but anything that walks the value recursively afterwards
+ * (JSON.stringify in an error message, a deep-equal) overflows the stack.
+ */
+export const MAX_NESTING = 1024;
+
+/**
  * Splits a byte stream into JSON objects. QEMU writes one object per line
  * ("\r\n"), but `pretty=on` monitors spread one over many lines, so the split
  * follows braces and strings, not newlines. Bytes are decoded only once a whole
@@ -27,6 +35,8 @@ export class JsonObjectSplitter {
   /** Bytes in `parts`. */
   private partBytes = 0;
   private depth = 0;
+  /** Open objects and arrays. */
+  private nesting = 0;
   private inString = false;
   private escaped = false;
 
@@ -61,9 +71,16 @@ export class JsonObjectSplitter {
         this.inString = true;
       } else if (c === 0x7b /* { */) {
         if (this.depth++ === 0) start = i;
+        this.nest(chunk, i);
+      } else if (c === 0x5b /* [ */ && this.depth > 0) {
+        this.nest(chunk, i);
+      } else if (c === 0x5d /* ] */ && this.depth > 0) {
+        this.nesting--;
       } else if (c === 0x7d /* } */) {
         if (this.depth === 0) throw new QmpProtocolError(`unbalanced '}' in QMP stream: ${excerpt(chunk, i)}`);
+        this.nesting--;
         if (--this.depth === 0) {
+          this.nesting = 0; // brackets the parser will refuse must not carry over
           this.checkSize(this.partBytes + i + 1 - start);
           this.emit(this.take(chunk.subarray(start, i + 1)));
           start = -1;
@@ -83,6 +100,10 @@ export class JsonObjectSplitter {
   /** Bytes held for an unfinished object. */
   get buffered(): number {
     return this.partBytes;
+  }
+
+  private nest(chunk: Buffer, at: number): void {
+    if (++this.nesting > MAX_NESTING) throw new QmpProtocolError(`QMP message nests objects and arrays deeper than ${MAX_NESTING} levels: ${excerpt(chunk, at)}`);
   }
 
   private checkSize(size: number): void {
@@ -111,6 +132,17 @@ export class JsonObjectSplitter {
     }
     this.onMessage(msg as QmpMessage, raw);
   }
+}
+
+/** A value as JSON for an error text, at most 200 characters. */
+export function show(v: unknown): string {
+  let text: string;
+  try {
+    text = JSON.stringify(v) ?? String(v);
+  } catch (e) {
+    text = `(cannot be shown: ${(e as Error).message})`;
+  }
+  return quote(text);
 }
 
 /** At most 200 characters of a message, for error texts. */

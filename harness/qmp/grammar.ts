@@ -1,5 +1,5 @@
 import { QmpProtocolError } from './errors.js';
-import { quote, type QmpMessage } from './framing.js';
+import { quote, show, type QmpMessage } from './framing.js';
 
 /**
  * One message from the server, checked against the grammar of QMP's spec
@@ -28,7 +28,6 @@ export type ServerMessage =
 const KINDS = ['QMP', 'return', 'error', 'event'] as const;
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
-const show = (v: unknown): string => quote(JSON.stringify(v) ?? String(v));
 
 /** Classifies `msg`; a QmpProtocolError names the member that breaks the grammar. */
 export function classify(msg: QmpMessage, raw: string): ServerMessage {

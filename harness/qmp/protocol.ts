@@ -1,7 +1,7 @@
 import { DeadlineError, withDeadline } from '../util/deadline.js';
 import { QmpCommandError, QmpDisconnectedError, QmpNegotiationError, QmpProtocolError } from './errors.js';
 import { DEFAULT_MAX_QUEUED_EVENTS, EventHub, type EventFilter, type EventListener, type QmpEvent } from './events.js';
-import { DEFAULT_MAX_MESSAGE_BYTES, JsonObjectSplitter, encode, quote, type QmpMessage } from './framing.js';
+import { DEFAULT_MAX_MESSAGE_BYTES, JsonObjectSplitter, encode, quote, show, type QmpMessage } from './framing.js';
 import { classify, type ServerMessage } from './grammar.js';
 import type { Transcript } from './transcript.js';
 import type { Transport } from './transport.js';
@@ -223,7 +223,7 @@ export class QmpConnection {
       // A reply nobody waits for: either a command that ran past its deadline
       // (recorded in the transcript, harmless) or a peer that breaks protocol.
       if (typeof id === 'string' && id.startsWith('h') && Number(id.slice(1)) < this.nextId) return;
-      return this.protocolError(new QmpProtocolError(`QMP reply with unknown id ${JSON.stringify(id) ?? '(none)'}: ${quote(raw)}`));
+      return this.protocolError(new QmpProtocolError(`QMP reply with unknown id ${id === undefined ? "(none)" : show(id)}: ${quote(raw)}`));
     }
     const p = this.pending.get(id)!;
     this.pending.delete(id);
@@ -266,7 +266,7 @@ function checkGreeting(msg: QmpMessage): QmpGreeting {
   const qmp = msg.QMP as Partial<QmpGreeting> | undefined;
   const v = qmp?.version?.qemu;
   if (!qmp || !v || typeof v.major !== 'number' || !Array.isArray(qmp.capabilities)) {
-    throw new QmpProtocolError(`not a QMP greeting: ${JSON.stringify(msg).slice(0, 200)}`);
+    throw new QmpProtocolError(`not a QMP greeting: ${show(msg)}`);
   }
   return qmp as QmpGreeting;
 }
