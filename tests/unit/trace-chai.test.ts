@@ -2,30 +2,13 @@
 // (the real captures: trace-smmuv3, trace-retry-realize and trace-l1-captures tests).
 import * as chai from 'chai';
 import { expect } from 'chai';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
-import { TraceFormats } from '../../harness/trace/formats.js';
-import { IommufdModel } from '../../harness/trace/model.js';
 import { expectHwpt } from '../../harness/trace/oracle.js';
-import { parseTrace } from '../../harness/trace/parse.js';
-import { repoRoot } from '../../harness/util/paths.js';
+import { failure, fixtureModel } from './trace-fixtures.js';
 
 chai.use(iommufdAssertions);
 
-const FIX = join(repoRoot, 'tests', 'fixtures', 'trace');
-const fixture = (name: string): string => readFileSync(join(FIX, name), 'utf8');
-const formats = TraceFormats.fromText(fixture('trace-events-11.1.3-excerpt'));
-const model = (name: string): IommufdModel => IommufdModel.fromParse(parseTrace(fixture(name), formats));
-
-function failure(fn: () => void): string {
-  try {
-    fn();
-  } catch (e) {
-    return (e as Error).message;
-  }
-  throw new Error('expected the assertion to fail');
-}
+const model = (name: string) => fixtureModel(name, { garbled: name === 'garbled.log' });
 
 describe('trace chai plugin', function () {
   it('allocatedHwpt passes on a matching allocation and fails naming flags and quoting lines', function () {

@@ -2,32 +2,16 @@
 // an arm64 L2 over Linux 7.2.13): tests/fixtures/trace/arm64/README.md.
 import * as chai from 'chai';
 import { expect } from 'chai';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
 import { TraceFormats } from '../../harness/trace/formats.js';
 import { IommufdModel, type KernelRecord } from '../../harness/trace/model.js';
 import { expectHwpt, expectRealizeFailureAfterAlloc, hostCapsOf, type ViommuConfig } from '../../harness/trace/oracle.js';
 import { parseTrace } from '../../harness/trace/parse.js';
-import { repoRoot } from '../../harness/util/paths.js';
+import { failure, fixtureModel } from './trace-fixtures.js';
 
 chai.use(iommufdAssertions);
 
-const FIX = join(repoRoot, 'tests', 'fixtures', 'trace');
-const formats = TraceFormats.fromText(readFileSync(join(FIX, 'trace-events-11.1.3-excerpt'), 'utf8'));
-const model = (name: string): IommufdModel => {
-  const p = parseTrace(readFileSync(join(FIX, 'arm64', name), 'utf8'), formats);
-  expect(p.diagnostics, 'lines that did not parse').to.deep.equal([]);
-  return IommufdModel.fromParse(p);
-};
-function failure(fn: () => void): string {
-  try {
-    fn();
-  } catch (e) {
-    return (e as Error).message;
-  }
-  throw new Error('expected the assertion to fail');
-}
+const model = (name: string): IommufdModel => fixtureModel(`arm64/${name}`);
 
 // The captured device's hw info (README): SMMUv3 with stage 1 and 2, no dirty tracking, no PASID.
 const host = hostCapsOf({ outCapabilities: 0x8, outMaxPasidLog2: 0, smmuv3: { flags: 0, idr: [0x0d44101b, 0, 0, 0x1414, 0, 0x74], iidr: 0, aidr: 0 } });
