@@ -6,9 +6,8 @@ import { errnoValue, formatHwptFlags } from '../trace/flags.js';
 import { useMachines, type MachineFixture } from '../testing/fixtures.js';
 import type { HwptAlloc, IommufdModel, KernelRecord } from '../trace/model.js';
 import type { ViommuConfig } from '../viommu/configs.js';
-import { probeArch } from '../viommu/probe.js';
 import { LabHost } from './lab-host.js';
-import { formatsFor, iommufdModel, iommufdModelOf, l2Description, type L2Spec } from './l2.js';
+import { formatsFor, iommufdModel, iommufdModelOf, l2Description, probeL2, type L2Spec } from './l2.js';
 import { withHugepageRam } from './virtual-lab.js';
 
 /** What a launch of L2 left behind: the model of its trace, and the machine or the launch error. */
@@ -75,9 +74,10 @@ export class LabFixture {
   async launchL2(spec: L2Spec, name = 'l2'): Promise<Machine> {
     // L2's RAM on 2 MiB pages where the host has them free: the IOMMU then maps
     // 2 MiB at a time (in the virtual lab, one vfio-user DMA_MAP instead of 512).
-    const { desc } = withHugepageRam(l2Description(spec, await probeArch(spec.config.arch)));
+    const probe = await probeL2(spec.config.arch);
+    const { desc } = withHugepageRam(l2Description(spec, probe));
     if (spec.config.requires?.includes('kvm')) desc.accel = 'kvm';
-    return this.machines.launch(desc, { name });
+    return this.machines.launch(desc, { name, binary: probe.binary });
   }
 
   /** Launches L2; a failed launch is an outcome too, modelled from the trace it left. */
@@ -87,7 +87,7 @@ export class LabFixture {
       return { model: await iommufdModel(machine, this.kernel()), machine };
     } catch (e) {
       if (!(e instanceof LaunchError)) throw e;
-      const formats = await formatsFor((await probeArch(spec.config.arch)).binary.traceEventsAll);
+      const formats = await formatsFor((await probeL2(spec.config.arch)).binary.traceEventsAll);
       return { model: await iommufdModelOf(join(e.artifactsDir, 'trace.log'), formats, this.kernel()), error: e };
     }
   }

@@ -8,7 +8,8 @@ import type { ViommuConfig as OracleViommu } from '../trace/oracle.js';
 import { parseTrace } from '../trace/parse.js';
 import type { KernelRecord } from '../trace/model.js';
 import { describeMachine, type ViommuConfig } from '../viommu/configs.js';
-import type { QemuProbe } from '../viommu/probe.js';
+import { probeQemu, type QemuProbe } from '../viommu/probe.js';
+import { findQemu, type Arch, type QemuBinary } from '../qemu/binary.js';
 
 /**
  * The L2 machine of a lab scenario: the QEMU under test, given host devices
@@ -20,6 +21,26 @@ export const IOMMUFD_OBJECT_ID = 'iommufd0';
 
 /** Trace events the scenarios read; globs, expanded by QEMU. */
 export const L2_TRACE_EVENTS = ['iommufd_*', 'vtd_device_*', 'vfio_pci_synthesize_pasid_cap', 'smmuv3_accel_*'];
+
+/** The environment variable naming the QEMU the lab suites run as L2 (`harness run --l2-qemu-x86_64`). */
+export const l2QemuVar = (arch: Arch): string => `HARNESS_L2_QEMU_${arch.toUpperCase()}`;
+
+/**
+ * The QEMU under test as L2: $HARNESS_L2_QEMU_<ARCH> when set, else the
+ * harness's own QEMU for that arch (a user's $QEMU_<ARCH>, else the
+ * reference). A separate setting because in the virtual lab L1's QEMU must
+ * stay one that can serve the synthetic endpoints (vfio-user-pci, 11.1 names)
+ * while L2 may be any QEMU a user brings, e.g. an older release.
+ */
+export function l2Binary(arch: Arch, env: NodeJS.ProcessEnv = process.env): QemuBinary {
+  const path = env[l2QemuVar(arch)];
+  return path ? findQemu(arch, { path, origin: `$${l2QemuVar(arch)}` }) : findQemu(arch, { env });
+}
+
+/** What the L2 QEMU offers (its vIOMMU property names, trace formats, features). */
+export function probeL2(arch: Arch): Promise<QemuProbe> {
+  return probeQemu(l2Binary(arch));
+}
 
 export interface HostDeviceSpec {
   /** Host (L1 or lab machine) PCI address. */

@@ -89,9 +89,13 @@ export class LabHost {
    * request. A skip where the helper cannot be run, a failure where it failed.
    */
   async kernelAnswer(ctx: Mocha.Context, cdev: string, flags: number): Promise<{ ok: boolean; errno?: string }> {
-    const r = answered(ctx, await probeHwptAlloc(cdev, [flags]), `IOMMU_HWPT_ALLOC 0x${flags.toString(16)} for ${cdev}`);
-    const res = r.results[0]!;
-    return res.ok ? { ok: true } : { ok: false, ...(res.errno ? { errno: res.errno } : {}) };
+    return (await this.directAnswers(ctx, cdev, [flags]))[0]!;
+  }
+
+  /** The same for several flags values, in one helper run (a device's cdev binds one iommufd at a time). */
+  async directAnswers(ctx: Mocha.Context, cdev: string, flags: number[]): Promise<Array<{ ok: boolean; errno?: string }>> {
+    const r = answered(ctx, await probeHwptAlloc(cdev, flags), `IOMMU_HWPT_ALLOC ${flags.map((f) => `0x${f.toString(16)}`).join(',')} for ${cdev}`);
+    return r.results.map((res) => (res.ok ? { ok: true } : { ok: false, ...(res.errno ? { errno: res.errno } : {}) }));
   }
 
   /** The first profile device with `role`, or a skip naming the missing role. */

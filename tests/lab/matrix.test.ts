@@ -4,8 +4,8 @@ import { bootGuest } from '../../harness/guest/boot.js';
 import { findGuestImage } from '../../harness/guest/image.js';
 import { guestPciFunctionsWithPasid } from '../../harness/lab/guest-pasid.js';
 import { useLabHost, type DirectAnswer } from '../../harness/lab/fixture.js';
-import { l2Description, oracleViommu, spareRootPort, vfioPciDevice, type L2Spec } from '../../harness/lab/l2.js';
-import type { DeviceRole } from '../../harness/host/profile.js';
+import { l2Description, oracleViommu, probeL2, spareRootPort, vfioPciDevice, type L2Spec } from '../../harness/lab/l2.js';
+import { MATRIX, MATRIX_SUITE, REQUESTS_TEST, rowTitle } from '../../harness/lab/matrix.js';
 import { formatHwptFlags, HWPT_ALLOC_FLAGS } from '../../harness/trace/flags.js';
 import type { IommufdModel } from '../../harness/trace/model.js';
 import { QmpCommandError } from '../../harness/qmp/errors.js';
@@ -13,7 +13,6 @@ import { skipBecause } from '../../harness/report/skip.js';
 import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
 import { expectHwpt, type HwptExpectation } from '../../harness/trace/oracle.js';
 import { loadConfig } from '../../harness/viommu/configs.js';
-import { probeArch } from '../../harness/viommu/probe.js';
 
 chai.use(iommufdAssertions);
 
@@ -29,29 +28,12 @@ chai.use(iommufdAssertions);
  * failure. What a host cannot do (another IOMMU platform, no PASID device,
  * no KVM) skips with the exact reason.
  */
-interface Variant {
-  config: string;
-  role: DeviceRole;
-}
-
-export const MATRIX: readonly Variant[] = [
-  { config: 'no-viommu-q35', role: 'no-pasid' },
-  { config: 'no-viommu-q35', role: 'pasid' },
-  { config: 'intel-iommu-scalable-pasid', role: 'pasid' },
-  { config: 'intel-iommu-scalable-fsts', role: 'no-pasid' },
-  { config: 'intel-iommu-scalable-fsts', role: 'pasid' },
-  { config: 'intel-iommu-scalable-fsts-pasid', role: 'no-pasid' },
-  { config: 'intel-iommu-scalable-fsts-pasid', role: 'pasid' },
-  { config: 'arm-smmuv3-accel', role: 'no-pasid' },
-  { config: 'arm-smmuv3-accel-ssid', role: 'pasid' },
-];
-
-describe('series scenarios: vIOMMU config × device role', function () {
+describe(MATRIX_SUITE, function () {
   this.timeout(600_000);
   const lab = useLabHost();
 
   for (const v of MATRIX) {
-    describe(`${v.config} × ${v.role} device`, function () {
+    describe(rowTitle(v), function () {
       const config = loadConfig(v.config);
       let dev: { bdf: string; cdev: string };
       let oracle: HwptExpectation;
@@ -69,7 +51,7 @@ describe('series scenarios: vIOMMU config × device role', function () {
       const coldPlug = () => lab.launch(spec());
       const parentRequest = (model: IommufdModel) => model.hwptAllocs.find((h) => h.devId === model.devIdOf(dev.bdf) && h.ptKind === 'ioas');
 
-      it('QEMU requests the parent-HWPT flags the oracle computes from the config and the device’s hw info', async () => {
+      it(REQUESTS_TEST, async () => {
         const { model } = await coldPlug();
         expect(model).to.have.requestedPerOracle(oracle, { devId: model.devIdOf(dev.bdf)! });
       });
@@ -109,9 +91,9 @@ describe('series scenarios: vIOMMU config × device role', function () {
           if (!direct.ok) skipBecause(this, `the kernel refuses the nesting parent ${formatHwptFlags(oracle.parent!.flags)} for ${dev.bdf} (${direct.errno}, asked directly): no nested HWPT can follow`);
           const image = findGuestImage('x86_64');
           if (!image.ok) skipBecause(this, image.reason);
-          const probe = await probeArch('x86_64');
+          const probe = await probeL2('x86_64');
           const desc = l2Description(spec(), probe);
-          const guest = await bootGuest((d) => lab.machines.launch(d, { name: 'l2-guest' }), {
+          const guest = await bootGuest((d) => lab.machines.launch(d, { name: 'l2-guest', binary: probe.binary }), {
             image: image.image,
             intelIommu: false, // the config's own vIOMMU is in desc.devices
             memoryMB: 512,
