@@ -175,6 +175,7 @@ describe('vfio-user device server with QEMU (vfio-user-pci, TCG)', function () {
     const { server: s } = await devs.add(pasidEndpoint, { id: 'vu0', bus: 'rp0' });
     const m = await machines.launch({ arch: 'x86_64', machine: { type: 'q35' }, memoryMB: 256, paused: true, devices: [...rootPorts(1), ...devs.specs()] });
     await s.waitForHandshake(5000);
+    machines.expectExit(m, 'QEMU aborts once its vfio-user server is gone; the test checks it');
     await devs.close();
     expect((await m.qmp.queryStatus()).status, 'nothing happens while no DMA mapping changes').to.equal('prelaunch');
     // The firmware reprograms the PAM registers at once, which remaps RAM for DMA.
