@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { join } from 'node:path';
 import { LaunchError, type Machine } from '../qemu/machine.js';
 import { skipBecause } from '../report/skip.js';
-import { errnoValue, formatHwptFlags } from '../trace/flags.js';
+import { ERRNO_TEXT, errnoValue, formatHwptFlags } from '../trace/flags.js';
 import { useMachines, type MachineFixture } from '../testing/fixtures.js';
 import type { HwptAlloc, IommufdModel, KernelRecord } from '../trace/model.js';
 import type { ViommuConfig } from '../viommu/configs.js';
@@ -23,16 +23,8 @@ export interface DirectAnswer {
   errno?: string;
 }
 
-/** glibc's strerror() of the errnos iommufd answers HWPT allocations with: QEMU quotes it in its error. */
-const STRERROR: Readonly<Record<string, string>> = {
-  EOPNOTSUPP: 'Operation not supported',
-  ENOENT: 'No such file or directory',
-  EINVAL: 'Invalid argument',
-  ENODEV: 'No such device',
-  ENOMEM: 'Cannot allocate memory',
-  EBUSY: 'Device or resource busy',
-  EFAULT: 'Bad address',
-};
+/** errno name → glibc's strerror(3) text, which QEMU quotes in its errors. */
+const STRERROR: Readonly<Record<string, string>> = Object.fromEntries(Object.entries(ERRNO_TEXT).map(([text, name]) => [name, text]));
 
 export function describeAnswer(a: DirectAnswer): string {
   return a.ok ? 'accepted' : `refused with ${a.errno ?? 'an unknown errno'}`;

@@ -1,0 +1,90 @@
+import * as chai from 'chai';
+import { expect } from 'chai';
+import { useLabHost, type LabFixture } from '../../harness/lab/fixture.js';
+import { oracleViommu, type L2Spec } from '../../harness/lab/l2.js';
+import { LaunchError } from '../../harness/qemu/machine.js';
+import { skipBecause } from '../../harness/report/skip.js';
+import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
+import { formatHwptFlags } from '../../harness/trace/flags.js';
+import { expectHwpt } from '../../harness/trace/oracle.js';
+import { loadConfig, type ViommuConfig } from '../../harness/viommu/configs.js';
+
+chai.use(iommufdAssertions);
+
+/**
+ * Realize errors that QEMU's binary names (facts §2, "[strings]") but that
+ * only a host with a real IOMMU and a device on vfio-pci can trigger: each is
+ * triggered here for real. intel-iommu runs these checks from
+ * pci_device_set_iommu_device, after the device attached to its HWPT, so a
+ * refused realize must leave detach and free lines behind and nothing
+ * allocated. Where the kernel refuses QEMU's HWPT first (the emulated VT-d
+ * has no nesting parent for fsts=on), the test says so and asserts that
+ * refusal and the frees instead.
+ */
+describe('realize errors triggered on a real IOMMU', function () {
+  this.timeout(300_000);
+  const lab = useLabHost();
+
+  async function refused(l: LabFixture, spec: L2Spec) {
+    const { error, model } = await l.launch(spec);
+    expect(error, 'L2 launch should have failed').to.be.instanceOf(LaunchError);
+    return { error: error!, model };
+  }
+
+  /** The kernel's direct answer to the oracle's parent flags for `config` on the device. */
+  async function direct(ctx: Mocha.Context, config: ViommuConfig, cdev: string) {
+    const oracle = expectHwpt(oracleViommu(config), await lab.host.hostCaps(ctx, cdev));
+    return { flags: oracle.parent!.flags, answer: await lab.host.kernelAnswer(ctx, cdev, oracle.parent!.flags) };
+  }
+
+  it('vfio-pci on the legacy VFIO container (no iommufd=) under intel-iommu fsts=on: “Need IOMMUFD backend when fsts=on”, no iommufd object touched', async function () {
+    const dev = lab.host.device(this, 'no-pasid');
+    const config = loadConfig('intel-iommu-scalable-fsts');
+    lab.requireConfig(this, config);
+    const { error, model } = await refused(lab, {
+      config,
+      spareRootPorts: 1,
+      extraDevices: [{ driver: 'vfio-pci', id: 'hostdev0', bus: 'rp0', host: dev.bdf }],
+    });
+    expect(error.stderr).to.match(/Need IOMMUFD backend when (fsts|x-flts)=on/);
+    expect(model.hwptAllocs, 'a legacy container asks iommufd for nothing').to.have.length(0);
+    expect(model).to.have.freedEverything();
+  });
+
+  it('vfio-pci under intel-iommu without caching-mode: refused after the HWPT was allocated and attached, then detached and freed', async function () {
+    const dev = lab.host.device(this, 'no-pasid');
+    const config = loadConfig('intel-iommu-legacy');
+    lab.requireConfig(this, config);
+    const d = await direct(this, config, dev.cdev);
+    const { error, model } = await refused(lab, { config, devices: [{ bdf: dev.bdf, id: 'hostdev0' }] });
+    expect(model).to.have.requestedHwpt({ flags: d.flags, ptKind: 'ioas' });
+    expect(model).to.have.freedEverything();
+    if (!d.answer.ok) {
+      expect(error.stderr).to.include('Failed to allocate hwpt');
+      skipBecause(this, `the kernel refuses ${formatHwptFlags(d.flags)} for ${dev.bdf} (${d.answer.errno}, asked directly), before QEMU checks caching-mode (that refusal and the frees were asserted)`);
+    }
+    expect(error.stderr).to.include('Device assignment is not allowed without enabling caching-mode=on for Intel IOMMU');
+    expect(model).to.have.allocatedHwpt({ flags: d.flags, ptKind: 'ioas' });
+    expect(model.detaches.length + model.frees.length, 'detach or free lines after the refused realize').to.be.greaterThan(0);
+  });
+
+  it('intel-iommu fsts=on with more PASID bits than the host IOMMU: “PASID bits size N > host IOMMU PASID bits size M” (or the kernel’s refusal first)', async function () {
+    const dev = lab.host.device(this, 'pasid');
+    const hw = await lab.host.hwInfo(this, dev.cdev);
+    if (!hw.vtd) skipBecause(this, `${dev.bdf} is behind a ${hw.outDataTypeName} IOMMU, not VT-d`);
+    // ecap.PSS (bits 39:35) + 1 is the host's PASID width; QEMU checks it only for a device with PASID.
+    const hostBits = Number((hw.vtd!.ecapReg >> 35n) & 0x1fn) + 1;
+    if (hostBits >= 20) skipBecause(this, `the host IOMMU behind ${dev.bdf} has ${hostBits} PASID bits, the most QEMU's pasid-bits allows (20): no guest width can exceed it`);
+    const base = loadConfig('intel-iommu-scalable-fsts-pasid');
+    const config: ViommuConfig = { ...base, viommu: { ...base.viommu!, features: { ...base.viommu!.features, pasidBits: hostBits + 1 } } };
+    lab.requireConfig(this, config);
+    const d = await direct(this, config, dev.cdev);
+    const { error, model } = await refused(lab, { config, devices: [{ bdf: dev.bdf, id: 'hostdev0' }] });
+    expect(model).to.have.freedEverything();
+    if (!d.answer.ok) {
+      expect(error.stderr).to.include('Failed to allocate hwpt');
+      skipBecause(this, `the kernel refuses ${formatHwptFlags(d.flags)} for ${dev.bdf} (${d.answer.errno}, asked directly), before QEMU compares PASID widths (that refusal and the frees were asserted)`);
+    }
+    expect(error.stderr).to.include(`PASID bits size ${hostBits + 1} > host IOMMU PASID bits size ${hostBits}`);
+  });
+});
