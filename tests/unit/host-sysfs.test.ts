@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { blockDevicesBelow, deviceInUse, parseMountinfo, parseSwaps } from '../../harness/host/in-use.js';
 import { decodePriCap, extCapsUnreadableReason, summarizeExtCaps } from '../../harness/host/pci-config.js';
 import { iommufdVfioState, listIommus, listPciDevices, readPciDevice, REAL_HOST } from '../../harness/host/sysfs.js';
+import { skipBecause } from '../../harness/report/skip.js';
 import { repoRoot } from '../../harness/util/paths.js';
 import { ATS, FakeHost, L1_CAP, L1_ECAP, PASID_20, pcieConfig, PRI } from '../fixtures/host/fake-sysfs.js';
 
@@ -99,7 +100,8 @@ describe('host sysfs', () => {
     // merely find nothing to assert about.
     const uses = listPciDevices(REAL_HOST).flatMap((b) => deviceInUse(REAL_HOST, readPciDevice(REAL_HOST, b)!.path));
     const rootMount = parseMountinfo(readFileSync('/proc/self/mountinfo', 'utf8')).find((m) => m.mountPoint === '/');
-    if (!rootMount?.source.startsWith('/dev/vd') && !rootMount?.source.startsWith('/dev/nvme') && !rootMount?.source.startsWith('/dev/sd')) this.skip();
+    if (!rootMount?.source.startsWith('/dev/vd') && !rootMount?.source.startsWith('/dev/nvme') && !rootMount?.source.startsWith('/dev/sd'))
+      skipBecause(this, `the root file system (${rootMount?.source ?? 'unknown'}) is not on a PCI block device (vd*, nvme*, sd*)`);
     expect(uses.join('\n')).to.match(/is mounted on .*\/(\n|$)/);
   });
 });

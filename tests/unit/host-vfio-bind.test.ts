@@ -6,6 +6,7 @@ import { dirname, join } from 'node:path';
 import { validateProfile, type HostProfile } from '../../harness/host/profile.js';
 import { REAL_HOST } from '../../harness/host/sysfs.js';
 import { BindRefused, checkBindable, readJournal, VfioBinder } from '../../harness/host/vfio-bind.js';
+import { skipBecause } from '../../harness/report/skip.js';
 import { withDeadline } from '../../harness/util/deadline.js';
 import { repoRoot } from '../../harness/util/paths.js';
 import { FakeHost } from '../fixtures/host/fake-sysfs.js';
@@ -120,7 +121,7 @@ describe('host vfio binding', () => {
       const byBdf = new Map<string, string[]>();
       for (const bdf of ['0000:00:02.0', '0000:00:03.0']) if (existsSync(`/sys/bus/pci/devices/${bdf}`)) byBdf.set(bdf, uses(bdf));
       const all = [...byBdf.values()].flat().join('\n');
-      if (!/mounted on \/\n|mounted on \/$|is up/m.test(all)) this.skip();
+      if (!/mounted on \/\n|mounted on \/$|is up/m.test(all)) skipBecause(this, 'neither 0000:00:02.0 nor 0000:00:03.0 backs / or an up network link on this machine');
       expect(all).to.match(/in use by the host: (block device .* is mounted on \/|network interface .* is up)/);
     });
   });
