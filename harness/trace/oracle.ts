@@ -54,7 +54,7 @@
  *   attached, smmuv3_accel_install_ste type=abort|bypass|translate; a vEVENTQ
  *   when the guest enables its event queue.
  */
-import type { HwInfo } from '../host/hwinfo.js';
+import { decodeSmmuIdr, type HwInfo } from '../host/hwinfo.js';
 import { HWPT_ALLOC_FLAGS as F, HWPT_DATA_TYPES, HW_CAPS, VIOMMU_FLAGS as V, VIOMMU_TYPES, formatHwptFlags, hwptFlagNames, viommuFlagNames } from './flags.js';
 import type { HwptRole } from './model.js';
 
@@ -82,8 +82,7 @@ export interface HostCaps {
 /** The oracle's host capabilities from a device's IOMMU_GET_HW_INFO (harness/host/hwinfo.ts). */
 export function hostCapsOf(hw: Pick<HwInfo, 'outCapabilities' | 'outMaxPasidLog2' | 'smmuv3'>): HostCaps {
   const caps: HostCaps = { dirtyTracking: (hw.outCapabilities & HW_CAPS.DIRTY_TRACKING) !== 0, maxPasidLog2: hw.outMaxPasidLog2 };
-  // SMMU_IDR1.SSIDSIZE, bits [10:6].
-  if (hw.smmuv3) caps.smmuSsid = (((hw.smmuv3.idr[1] ?? 0) >>> 6) & 0x1f) > 0;
+  if (hw.smmuv3) caps.smmuSsid = decodeSmmuIdr(hw.smmuv3.idr).ssidSize > 0;
   return caps;
 }
 
