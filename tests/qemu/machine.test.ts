@@ -9,7 +9,8 @@ import { findQemu, qemuVersion, QemuNotFoundError } from '../../harness/qemu/bin
 import { sleep, withDeadline } from '../../harness/util/deadline.js';
 import { LaunchError, Machine } from '../../harness/qemu/machine.js';
 import { useMachines } from '../../harness/testing/fixtures.js';
-import { requireQemu, requireReleaseQemu } from '../../harness/testing/prereqs.js';
+import { requireQemu, requireQemuFeatures, requireReleaseQemu } from '../../harness/testing/prereqs.js';
+import { nativeToolPath } from '../../harness/util/native-tools.js';
 import { repoRoot } from '../../harness/util/paths.js';
 
 /** Running or stopped; a zombie (exited, not yet reaped by its new parent) counts as gone. */
@@ -122,6 +123,49 @@ describe('No QEMU outlives a SIGKILLed harness', function () {
       });
     }
   }
+
+  it("why not QEMU's own exit-with-parent: a SIGSTOPped QEMU outlives its killed parent (SIGTERM stays pending)", async function () {
+    const probe = await requireQemuFeatures(this, 'x86_64', { option: 'run-with', param: 'exit-with-parent' });
+    const b = probe.binary;
+    // A bare child that runs QEMU with exit-with-parent and nothing else.
+    const script = `
+      import { spawn } from 'node:child_process';
+      const [command, ...args] = JSON.parse(process.argv[1]);
+      const p = spawn(command, args, { stdio: 'ignore', env: { ...process.env, ...JSON.parse(process.argv[2]) } });
+      console.log(p.pid);
+      setInterval(() => {}, 1000);`;
+    const args = [...b.prefixArgs, ...b.baseArgs, '-machine', 'none', '-accel', 'tcg', '-nodefaults', '-display', 'none', '-S', '-run-with', 'exit-with-parent=on'];
+    const child = execa('node', ['--input-type=module', '-e', script, JSON.stringify([b.command, ...args]), JSON.stringify(b.env)], { reject: false });
+    const qemuPid = Number(await withDeadline(new Promise<string>((r) => child.stdout!.once('data', (d: Buffer) => r(String(d).trim()))), 10_000, 'the bare child to start QEMU'));
+    try {
+      await waitFor(() => readFileSync(`/proc/${qemuPid}/cmdline`, 'utf8').includes('exit-with-parent'), 5000, `QEMU ${qemuPid} to exec`);
+      process.kill(qemuPid, 'SIGSTOP');
+      await waitFor(() => procState(qemuPid) === 'T', 5000, `QEMU ${qemuPid} to stop`);
+      child.kill('SIGKILL');
+      await child;
+      await sleep(1000);
+      expect(procState(qemuPid), `${probe.version.text}: a stopped QEMU with exit-with-parent=on still there 1 s after its parent died`).to.equal('T');
+    } finally {
+      if (alive(qemuPid)) process.kill(qemuPid, 'SIGKILL');
+      child.kill('SIGKILL');
+    }
+  });
+
+  it('the helper refuses to start a program once its parent is gone (126), names a bad pid (125) and a program it cannot run (127)', async () => {
+    const helper = nativeToolPath('pdeathsig-exec');
+    // Its parent is this process; any other pid means the parent it was given is gone.
+    const gone = await execa(helper, ['1', '/bin/echo', 'started'], { reject: false, timeout: 5000 });
+    expect(gone).to.include({ exitCode: 126, stdout: '' });
+    expect(gone.stderr).to.match(/pdeathsig-exec: parent 1 is gone \(parent is now \d+\); not starting \/bin\/echo/);
+    const ok = await execa(helper, [String(process.pid), '/bin/echo', 'started'], { reject: false, timeout: 5000 });
+    expect(ok).to.include({ exitCode: 0, stdout: 'started' });
+    const bad = await execa(helper, ['x1', '/bin/echo'], { reject: false, timeout: 5000 });
+    expect(bad.exitCode).to.equal(125);
+    expect(bad.stderr).to.include('PARENT_PID x1 is not a pid');
+    const missing = await execa(helper, [String(process.pid), '/nonexistent/qemu'], { reject: false, timeout: 5000 });
+    expect(missing.exitCode).to.equal(127);
+    expect(missing.stderr).to.include('cannot execute /nonexistent/qemu: No such file or directory');
+  });
 
   it('names the script to run when the parent-death helper is missing', async () => {
     const script = `
