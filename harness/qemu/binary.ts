@@ -81,9 +81,16 @@ function userBinary(arch: Arch, path: string, source: QemuBinary['source'], orig
 /** The install-qemu.sh sysroot `abs` belongs to: ROOT/bin/NAME (wrapper) or ROOT/<manifest's binary>. */
 function installedQemuAt(arch: Arch, abs: string): { root: string; manifest: ReferenceManifest } | undefined {
   for (const root of [dirname(dirname(abs)), dirname(dirname(dirname(abs)))]) {
-    const manifest = readManifest(root);
-    const binary = manifest?.binaries[arch];
-    if (!manifest || !binary) continue;
+    // A user's tree may hold a manifest.json of its own: only one shaped like
+    // install-qemu.sh's, naming this very binary, counts.
+    let manifest: ReferenceManifest | undefined;
+    try {
+      manifest = readManifest(root);
+    } catch {
+      continue;
+    }
+    const binary = manifest?.binaries?.[arch];
+    if (!manifest || typeof binary !== 'string' || typeof manifest.loader !== 'string') continue;
     if (abs === join(root, 'bin', basename(binary)) || abs === join(root, binary)) return { root, manifest };
   }
   return undefined;
