@@ -459,6 +459,9 @@ export class IommufdModel {
   /** Every traced request with a `ret`, in order (failures() and the errno joins read it). */
   private readonly results: IoctlResult[] = [];
   private readonly roles = new Map<IommufdObject, HwptRole>();
+  /** QEMU messages naming an errno whose failed request the trace has not shown yet. */
+  private readonly pendingMessages: { msg: QemuMessage; events: readonly string[] }[] = [];
+  private readonly explainedBy = new Map<IoctlResult, QemuMessage>();
   /** HWPT allocations made so far on each vIOMMU object (abort, bypass, then nested). */
   private readonly onViommu = new Map<IommufdObject, number>();
 
@@ -516,11 +519,13 @@ export class IommufdModel {
         if (!m) continue;
         msg.event = q.events[0]!;
         const errno = errnoOfText(m[1]!);
-        if (errno) msg.errno = errno;
-        const target = this.results.find(
-          (x) => q.events.includes(x.record.event) && !x.ok && !x.errnoEvidence.some((e) => e.source === 'qemu-message' || e.source === 'qemu-trace-message'),
-        );
-        if (target && errno) this.addEvidence(target, { errno, source: 'qemu-message', evidence: `${source} line ${msg.line}: ${line}` });
+        if (errno) {
+          msg.errno = errno;
+          // Messages given before the trace is read wait for their failure (see track).
+          const target = this.results.find((x) => this.awaitsMessage(x, q.events));
+          if (target) this.explain(target, msg);
+          else this.pendingMessages.push({ msg, events: q.events });
+        }
         break;
       }
       const check = REALIZE_ERRORS_AFTER_ALLOC.find((c) => c.re.test(line));
@@ -529,6 +534,16 @@ export class IommufdModel {
       added.push(msg);
     });
     return added;
+  }
+
+  /** A failed request of one of `events` that no QEMU message explained yet. */
+  private awaitsMessage(x: IoctlResult, events: readonly string[]): boolean {
+    return events.includes(x.record.event) && !x.ok && !x.errnoEvidence.some((e) => e.source === 'qemu-message' || e.source === 'qemu-trace-message');
+  }
+
+  private explain(target: IoctlResult, msg: QemuMessage): void {
+    this.explainedBy.set(target, msg);
+    this.addEvidence(target, { errno: msg.errno!, source: 'qemu-message', evidence: `${msg.source} line ${msg.line}: ${msg.text}` });
   }
 
   isLive(key: string): boolean {
@@ -551,6 +566,10 @@ export class IommufdModel {
   /** @internal registers a result for failures() and the errno joins */
   track<T extends IoctlResult>(res: T): T {
     this.results.push(res);
+    if (!res.ok) {
+      const i = this.pendingMessages.findIndex((p) => this.awaitsMessage(res, p.events));
+      if (i >= 0) this.explain(res, this.pendingMessages.splice(i, 1)[0]!.msg);
+    }
     return res;
   }
 
@@ -704,7 +723,15 @@ export class IommufdModel {
       if (failed) {
         retry.failedAlloc = failed;
         if (name) {
-          this.removeEvidence(failed, 'qemu-message');
+          // A stderr message given this failure belongs to a later one: QEMU swallowed this one into the trace.
+          const msg = this.explainedBy.get(failed);
+          if (msg) {
+            this.explainedBy.delete(failed);
+            this.removeEvidence(failed, 'qemu-message');
+            const later = this.results.find((x) => x !== failed && x.record.line > failed.record.line && this.awaitsMessage(x, [failed.record.event]));
+            if (later) this.explain(later, msg);
+            else this.pendingMessages.unshift({ msg, events: [failed.record.event] });
+          }
           this.addEvidence(failed, { errno: name, source: 'qemu-trace-message', evidence: `L${r.line}: ${r.raw}` });
         }
       }

@@ -5,7 +5,9 @@ import * as chai from 'chai';
 import { expect } from 'chai';
 import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
 import { expectHwpt, expectRealizeFailureAfterAlloc, sharesAddressSpace } from '../../harness/trace/oracle.js';
-import { failure, textModel } from './trace-fixtures.js';
+import { IommufdModel } from '../../harness/trace/model.js';
+import { parseTrace } from '../../harness/trace/parse.js';
+import { failure, formats1113, textModel } from './trace-fixtures.js';
 
 chai.use(iommufdAssertions);
 
@@ -79,6 +81,13 @@ describe('a refusal in an existing container: QEMU retries in a new IOAS with th
     const msg = failure(() => expect(m).to.have.requestedPerOracle(expectHwpt(fsts, host), { devId: 4 }));
     expect(msg.split('\n')[0]).to.equal('dev_id 4: requested 0x1 (NEST_PARENT), then 0x1 (NEST_PARENT), expected 0x1 (NEST_PARENT): fsts wants a nesting parent');
     expect(msg).to.include('(2 requests, at most 1 allowed)');
+  });
+
+  it('the same when QEMU\'s stderr is given before the trace is read (a follower feeding records)', function () {
+    const m = new IommufdModel();
+    m.addQemuMessages(stderr);
+    for (const r of parseTrace(refusedTwice, formats1113).records) m.add(r);
+    expect(m.hwptAllocs.filter((h) => h.devId === 4).map((h) => h.errnoSource)).to.deep.equal(['qemu-trace-message', 'qemu-message']);
   });
 
   it('a second request without the retry line, or on the same IOAS, is not the retry', function () {
