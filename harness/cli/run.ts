@@ -19,6 +19,7 @@ import type { TestResult } from '../report/junit.js';
 import { NO_QEMU_SKIP, runExitStatus, type RunCounts } from '../report/outcome.js';
 import { loadProfile, profileFromEnv, resolveProfilePath } from '../host/profile.js';
 import { replayVfioJournal } from '../host/vfio-bind.js';
+import { l2QemuVar } from '../lab/l2.js';
 import { ARCHES, envVarsFor, findQemu, qemuVersion, QemuNotFoundError, type Arch } from '../qemu/binary.js';
 import {
   collectTests,
@@ -69,9 +70,6 @@ export function runCommand(args: string[], io: Io = process): Promise<number> {
   return runCommandSpec(RUN, args, run, io);
 }
 
-/** Environment variables naming the QEMU that the lab suites run as L2. */
-export const l2EnvVar = (arch: Arch): string => `HARNESS_L2_QEMU_${arch.toUpperCase()}`;
-
 /**
  * Every QEMU this run was told to use, checked before any test: a path that
  * does not exist or is not executable is bad input (128); one that does not
@@ -88,12 +86,12 @@ async function checkQemus(origins: Map<string, string>): Promise<{ usable: Arch[
       .find(([v, p]) => p && (v !== 'QEMU' || p.endsWith(`qemu-system-${arch}`)));
     const wanted: Array<{ origin: string; path?: string; l2: boolean }> = [
       named ? { origin: origins.get(named[0]) ?? `$${named[0]}`, path: named[1]!, l2: false } : { origin: 'the reference QEMU', l2: false },
-      ...(process.env[l2EnvVar(arch)] ? [{ origin: origins.get(l2EnvVar(arch)) ?? `$${l2EnvVar(arch)}`, path: process.env[l2EnvVar(arch)]!, l2: true }] : []),
+      ...(process.env[l2QemuVar(arch)] ? [{ origin: origins.get(l2QemuVar(arch)) ?? `$${l2QemuVar(arch)}`, path: process.env[l2QemuVar(arch)]!, l2: true }] : []),
     ];
     for (const w of wanted) {
       let bin;
       try {
-        bin = w.path ? findQemu(arch, { path: w.path }) : findQemu(arch);
+        bin = w.path ? findQemu(arch, { path: w.path, origin: w.origin }) : findQemu(arch);
       } catch (e) {
         if (!(e instanceof QemuNotFoundError)) throw e;
         // No reference QEMU installed is no usage error: its tests skip, and the exit status says so.
@@ -101,8 +99,7 @@ async function checkQemus(origins: Map<string, string>): Promise<{ usable: Arch[
           missing.push(e.message);
           continue;
         }
-        // findQemu names its path option; say where the path really came from.
-        throw new UsageError(e.message.replace(`--qemu-${arch}`, w.origin), false);
+        throw new UsageError(e.message, false);
       }
       try {
         await qemuVersion(bin);
@@ -177,8 +174,8 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
     else if (!fromEnv && p) origins.set(v, `host profile ${profile!.name} (qemu.${arch})`);
     const l2 = str(values, `l2-qemu-${arch}`);
     if (l2) {
-      process.env[l2EnvVar(arch)] = l2;
-      origins.set(l2EnvVar(arch), `--l2-qemu-${arch}`);
+      process.env[l2QemuVar(arch)] = l2;
+      origins.set(l2QemuVar(arch), `--l2-qemu-${arch}`);
     }
   }
   if (str(values, 'junit')) process.env.HARNESS_JUNIT = str(values, 'junit');

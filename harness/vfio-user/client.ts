@@ -14,7 +14,7 @@ export interface Reply {
 }
 
 export class VfioUserClient {
-  private readonly waiting = new Map<number, (r: Reply) => void>();
+  private readonly waiting = new Map<number, { resolve: (r: Reply) => void; reject: (e: Error) => void }>();
   private nextId = 1;
   private closedWith: Error | undefined;
   /** Replies no request was waiting for (e.g. to a posted write, which must not happen). */
@@ -29,7 +29,7 @@ export class VfioUserClient {
           const w = this.waiting.get(f.msgId);
           if (w) {
             this.waiting.delete(f.msgId);
-            w(r);
+            w.resolve(r);
           } else this.unexpected.push(r);
         },
         problem: (p) => (this.closedWith = new Error(`unframeable reply: ${JSON.stringify(p.header)}`)),
@@ -38,7 +38,12 @@ export class VfioUserClient {
     );
     sock.on('data', (d: Buffer) => reader.push(d));
     sock.on('error', (e) => (this.closedWith = e));
-    sock.on('close', () => (this.closedWith ??= new Error('server closed the connection')));
+    sock.on('close', () => {
+      this.closedWith ??= new Error('server closed the connection');
+      // A request the server can no longer answer fails now, not at its deadline.
+      for (const w of this.waiting.values()) w.reject(new Error(`vfio-user request unanswered: ${this.closedWith.message}`));
+      this.waiting.clear();
+    });
   }
 
   static connect(path: string, ms = 5000): Promise<VfioUserClient> {
@@ -66,7 +71,8 @@ export class VfioUserClient {
   /** A request and its reply; an error reply resolves too (check header.flags). */
   request(command: number, payload?: Buffer, ms = 5000): Promise<Reply> {
     const msgId = this.take();
-    const p = new Promise<Reply>((resolve) => this.waiting.set(msgId, resolve));
+    if (this.sock.destroyed) return Promise.reject(new Error(`vfio-user request to a closed connection${this.closedWith ? `: ${this.closedWith.message}` : ''}`));
+    const p = new Promise<Reply>((resolve, reject) => this.waiting.set(msgId, { resolve, reject }));
     this.sock.write(encodeRequest(msgId, command, payload));
     return withDeadline(p, ms, `vfio-user reply to command ${command} (message ${msgId})`, () => {
       this.waiting.delete(msgId);

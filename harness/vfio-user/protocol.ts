@@ -146,7 +146,11 @@ export interface FrameSink {
  * A header whose size is below 16 cannot be skipped past (the next message's
  * start is unknown): the reader reports 'bad-size' and drops everything after.
  * A message larger than `maxMessageSize` is reported as 'oversized' and its
- * bytes are discarded as they arrive, so the session can go on.
+ * bytes are discarded as they arrive (the server ends the session instead).
+ *
+ * pause(), called from the sink, stops handing out messages after the current
+ * one: what follows is kept until resume(). The server uses it for
+ * backpressure, so one read of small requests cannot queue unbounded replies.
  */
 export class FrameReader {
   private pending: Buffer;
@@ -154,6 +158,7 @@ export class FrameReader {
   private end = 0;
   private discard = 0;
   private broken = false;
+  private paused = false;
   private readonly f: Frame = { msgId: 0, command: 0, size: 0, flags: 0, error: 0, buf: Buffer.alloc(0), bodyStart: 0 };
 
   constructor(
@@ -174,8 +179,30 @@ export class FrameReader {
     return this.broken;
   }
 
+  /** Stops after the message being handed out; the rest waits for resume(). */
+  pause(): void {
+    this.paused = true;
+  }
+
+  get isPaused(): boolean {
+    return this.paused;
+  }
+
+  /** Hands out what was kept while paused, until done or paused again. */
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    if (this.broken || this.end === this.start) return;
+    this.start = this.drain(this.pending, this.start, this.end);
+    if (this.start === this.end || this.broken) this.start = this.end = 0;
+  }
+
   push(chunk: Buffer): void {
     if (this.broken) return;
+    if (this.paused) {
+      this.keep(chunk, 0);
+      return;
+    }
     let at = 0;
     if (this.discard > 0) {
       const n = Math.min(this.discard, chunk.length);
@@ -197,7 +224,7 @@ export class FrameReader {
   /** Hands out every complete message in buf[from, to); returns where the rest starts. */
   private drain(buf: Buffer, from: number, to: number): number {
     let at = from;
-    while (to - at >= HEADER_SIZE) {
+    while (to - at >= HEADER_SIZE && !this.paused) {
       const size = buf.readUInt32LE(at + 4);
       if (size < HEADER_SIZE) {
         this.broken = true;
@@ -332,6 +359,43 @@ export function decodeDmaMap(buf: Buffer, at: number, len: number): DmaMap {
     iova: buf.readBigUInt64LE(at + 16),
     size: buf.readBigUInt64LE(at + 24),
   };
+}
+
+/** Largest DMA address (exclusive) the server accepts by default: 57 bits, the widest IOVA of VT-d (5-level) and beyond SMMUv3's 52. */
+export const DEFAULT_DMA_ADDRESS_BITS = 57;
+
+/**
+ * Refuses a DMA_MAP no client can mean: a short argsz, flags other than READ
+ * and WRITE, an empty or unaligned range, or one that wraps past 2^64 or ends
+ * beyond 2^addressBits. `pgsize` is the smallest page size the server offered.
+ * Whether an fd came with the message cannot be checked: this server reads
+ * without a control buffer, so the kernel drops passed fds (server.ts).
+ */
+export function checkDmaMap(m: DmaMap, len: number, pgsize: number, addressBits = DEFAULT_DMA_ADDRESS_BITS): void {
+  const bad = (why: string): never => {
+    throw new PayloadError('DMA_MAP', why);
+  };
+  if (m.argsz < DMA_MAP_SIZE || m.argsz > len) bad(`argsz ${m.argsz} is outside ${DMA_MAP_SIZE}..${len} (the payload's size)`);
+  const unknown = m.flags & ~(DmaMapFlags.READ | DmaMapFlags.WRITE);
+  if (unknown) bad(`flags 0x${m.flags.toString(16)} have unknown bits 0x${unknown.toString(16)} (known: READ 1, WRITE 2)`);
+  const page = BigInt(pgsize);
+  if (m.size === 0n) bad('size is 0');
+  if (m.iova % page) bad(`address 0x${m.iova.toString(16)} is not aligned to the page size ${pgsize}`);
+  if (m.size % page) bad(`size 0x${m.size.toString(16)} is not a multiple of the page size ${pgsize}`);
+  const end = m.iova + m.size;
+  if (end > 1n << 64n) bad(`address 0x${m.iova.toString(16)} + size 0x${m.size.toString(16)} wraps past 2^64`);
+  if (end > 1n << BigInt(addressBits)) bad(`range 0x${m.iova.toString(16)}+0x${m.size.toString(16)} ends beyond 2^${addressBits}, the widest DMA address this server accepts`);
+}
+
+/** DMA_UNMAP: known flags only; ALL with a zero range (the spec); no range past 2^64. */
+export function checkDmaUnmap(u: DmaUnmap): void {
+  const bad = (why: string): never => {
+    throw new PayloadError('DMA_UNMAP', why);
+  };
+  const unknown = u.flags & ~(DmaUnmapFlags.GET_DIRTY_BITMAP | DmaUnmapFlags.ALL);
+  if (unknown) bad(`flags 0x${u.flags.toString(16)} have unknown bits 0x${unknown.toString(16)}`);
+  if (u.flags & DmaUnmapFlags.ALL && (u.iova !== 0n || u.size !== 0n)) bad(`ALL needs address and size 0, got 0x${u.iova.toString(16)}+0x${u.size.toString(16)}`);
+  if (u.iova + u.size > 1n << 64n) bad(`address 0x${u.iova.toString(16)} + size 0x${u.size.toString(16)} wraps past 2^64`);
 }
 
 export function encodeDmaMap(m: DmaMap, buf: Buffer, at: number): void {

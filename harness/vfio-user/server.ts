@@ -21,6 +21,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { existsSync, lstatSync, unlinkSync } from 'node:fs';
 import { withDeadline } from '../util/deadline.js';
+import { listenPrivately } from '../util/private-socket.js';
 import type { DeviceDescription } from './description.js';
 import { DeviceModel, PciIrq, PciRegion, RegionAccessError } from './device-model.js';
 import {
@@ -43,7 +44,10 @@ import {
   VERSION_MINOR,
   allocReply,
   capabilitiesJson,
+  checkDmaMap,
+  checkDmaUnmap,
   commandName,
+  decodeDmaMap,
   decodeDmaUnmap,
   decodeInfoRequest,
   decodeIrqSet,
@@ -67,6 +71,10 @@ export interface VfioUserServerOptions {
   log?: (line: string) => void;
   /** Overrides for the VERSION reply. */
   capabilities?: Partial<ServerCapabilities>;
+  /** Replies queued for a client that does not read before the server stops reading it (default 4 MiB). */
+  maxQueuedReplyBytes?: number;
+  /** Per-message log lines (refusals, resets) passed to `log` per session before they are only counted (default 50). */
+  logLinesPerSession?: number;
 }
 
 /** Counters over the server's life (all sessions). */
@@ -96,6 +104,10 @@ export interface ServerStats {
   errorReplies: number;
   /** Problems logged without a reply (posted requests, replies we never asked for). */
   unansweredProblems: number;
+  /** Per-message log lines kept out of `log` once a session used its budget (still in recentLog). */
+  suppressedLogLines: number;
+  /** Times a session stopped reading its client because replies piled up unread. */
+  backpressurePauses: number;
 }
 
 export interface ClientVersion {
@@ -106,8 +118,12 @@ export interface ClientVersion {
 }
 
 export interface SessionEnd {
-  /** 'peer-closed': the client went away; 'server-closed': close() ended it; 'error': the socket failed; 'unframeable': a header with a size below 16. */
-  reason: 'peer-closed' | 'server-closed' | 'error' | 'unframeable';
+  /**
+   * 'peer-closed': the client went away; 'server-closed': close() ended it; 'error': the socket failed;
+   * 'unframeable': a header with a size below 16; 'oversized': a message larger than the server takes
+   * (the stream could only be followed by reading up to 4 GiB for nothing).
+   */
+  reason: 'peer-closed' | 'server-closed' | 'error' | 'unframeable' | 'oversized';
   detail?: string;
   requests: number;
 }
@@ -130,11 +146,16 @@ export interface VfioUserServer {
 }
 
 const LOG_KEEP = 200;
+const DEFAULT_MAX_QUEUED_REPLY_BYTES = 4 << 20;
+const DEFAULT_LOG_LINES_PER_SESSION = 50;
 
 export async function startVfioUserServer(opts: VfioUserServerOptions): Promise<VfioUserServer> {
   const device = opts.device instanceof DeviceModel ? opts.device : new DeviceModel(opts.device);
   const caps: ServerCapabilities = { ...DEFAULT_CAPABILITIES, ...opts.capabilities };
-  const s = new ServerImpl(opts.socketPath, device, caps, opts.log);
+  const s = new ServerImpl(opts.socketPath, device, caps, opts.log, {
+    maxQueuedReplyBytes: opts.maxQueuedReplyBytes ?? DEFAULT_MAX_QUEUED_REPLY_BYTES,
+    logLinesPerSession: opts.logLinesPerSession ?? DEFAULT_LOG_LINES_PER_SESSION,
+  });
   await s.listen();
   return s;
 }
@@ -159,6 +180,8 @@ class ServerImpl implements VfioUserServer {
     functionResets: 0,
     errorReplies: 0,
     unansweredProblems: 0,
+    suppressedLogLines: 0,
+    backpressurePauses: 0,
   };
   clientVersion: ClientVersion | undefined;
   private readonly server: Server;
@@ -170,14 +193,19 @@ class ServerImpl implements VfioUserServer {
   private endWaiters: Array<(e: SessionEnd) => void> = [];
   private closed = false;
   private readonly name: string;
+  readonly pgsize: number;
 
   constructor(
     readonly socketPath: string,
     readonly device: DeviceModel,
     readonly caps: ServerCapabilities,
-    private readonly logSink?: (line: string) => void,
+    private readonly logSink: ((line: string) => void) | undefined,
+    readonly limits: { maxQueuedReplyBytes: number; logLinesPerSession: number },
   ) {
     this.name = `vfio-user[${device.description.name}]`;
+    // The smallest page size offered: DMA ranges must be aligned to it.
+    this.pgsize = caps.pgsizes & -caps.pgsizes;
+    if (!(this.pgsize > 0)) throw new Error(`${this.name}: capabilities.pgsizes ${caps.pgsizes} offers no page size`);
     this.server = createServer({ allowHalfOpen: false }, (sock) => this.accept(sock));
   }
 
@@ -189,22 +217,18 @@ class ServerImpl implements VfioUserServer {
     if (existsSync(this.socketPath)) {
       return Promise.reject(new Error(`${this.name}: socket path ${this.socketPath} already exists; use a fresh path in a private directory`));
     }
-    return new Promise((resolve, reject) => {
-      this.server.once('error', (e) => reject(new Error(`${this.name}: cannot listen on ${this.socketPath}: ${e.message}`)));
-      this.server.listen(this.socketPath, () => {
-        this.server.removeAllListeners('error');
-        this.server.on('error', (e) => this.log(`server error: ${e.message}`));
-        this.log(`listening on ${this.socketPath}`);
-        resolve();
-      });
+    return listenPrivately(this.server, this.socketPath, this.name).then(() => {
+      this.server.on('error', (e) => this.log(`server error: ${e.message}`));
+      this.log(`listening on ${this.socketPath}`);
     });
   }
 
-  log(line: string): void {
+  /** `toSink` false: kept in recentLog only (a per-message line past the session's budget). */
+  log(line: string, toSink = true): void {
     const l = `${this.name}: ${line}`;
     this.logLines.push(l);
     if (this.logLines.length > LOG_KEEP) this.logLines.splice(0, this.logLines.length - LOG_KEEP);
-    this.logSink?.(l);
+    if (toSink) this.logSink?.(l);
   }
 
   recentLog(): string[] {
@@ -286,45 +310,99 @@ class ServerImpl implements VfioUserServer {
   }
 }
 
-/** Handles requests arriving on one connection. */
+/**
+ * Handles requests arriving on one connection. Replies are written as the
+ * requests are read; once more than `maxQueuedReplyBytes` wait unread by the
+ * client, the session stops reading (socket and FrameReader paused) until the
+ * socket drains, so a client that never reads costs a bounded amount of memory
+ * (it grew to gigabytes before).
+ */
 class Session {
   private readonly reader: FrameReader;
   private versioned = false;
   private requests = 0;
   private ended = false;
+  private paused = false;
+  /** Per-message log lines this session may still pass to the log sink. */
+  private logBudget: number;
+  private suppressed = 0;
 
   constructor(
     private readonly srv: ServerImpl,
     private readonly sock: Socket,
   ) {
+    this.logBudget = srv.limits.logLinesPerSession;
     const maxMessage = HEADER_SIZE + REGION_RW_SIZE + srv.caps.max_data_xfer_size;
-    this.reader = new FrameReader({ frame: (f) => this.handle(f), problem: (p) => this.problem(p) }, maxMessage);
+    this.reader = new FrameReader({ frame: (f) => this.onFrame(f), problem: (p) => this.problem(p) }, maxMessage);
     sock.on('data', (chunk: Buffer) => {
-      // One writev for all replies to the requests in this chunk.
-      sock.cork();
-      try {
-        this.reader.push(chunk);
-      } finally {
-        sock.uncork();
-      }
+      if (!this.ended) this.withCork(() => this.reader.push(chunk));
     });
+    sock.on('drain', () => this.unpause());
     sock.on('error', (e) => this.end('error', e.message));
     sock.on('close', () => this.end('peer-closed'));
+  }
+
+  /** One writev for all replies to the requests handled inside `f`. */
+  private withCork(f: () => void): void {
+    this.sock.cork();
+    try {
+      f();
+    } finally {
+      this.sock.uncork();
+    }
+  }
+
+  private onFrame(f: Frame): void {
+    if (this.ended) return;
+    this.handle(f);
+    if (!this.paused && !this.ended && this.sock.writableLength > this.srv.limits.maxQueuedReplyBytes) {
+      this.paused = true;
+      this.srv.stats.backpressurePauses++;
+      this.reader.pause();
+      this.sock.pause();
+    }
+  }
+
+  private unpause(): void {
+    if (!this.paused || this.ended) return;
+    this.paused = false;
+    this.withCork(() => this.reader.resume());
+    if (!this.paused) this.sock.resume();
   }
 
   end(reason: SessionEnd['reason'], detail?: string): void {
     if (this.ended) return;
     this.ended = true;
     if (!this.sock.destroyed) {
-      // After an unframeable header, let the error reply out first.
-      if (reason === 'unframeable') this.sock.end(() => this.sock.destroy());
-      else this.sock.destroy();
+      // After a framing error, let the error reply out first; a client that
+      // does not read it must not keep the socket: destroy at a deadline.
+      if (reason === 'unframeable' || reason === 'oversized') {
+        const timer = setTimeout(() => this.sock.destroy(), 1000);
+        this.sock.end(() => {
+          clearTimeout(timer);
+          this.sock.destroy();
+        });
+        this.sock.resume(); // read (and drop) until the peer closes, so its close is seen
+      } else this.sock.destroy();
     }
+    if (this.suppressed) this.srv.log(`${this.suppressed} more per-message log lines of this session were not logged (the last ${LOG_KEEP} log lines are in recentLog)`);
     this.srv.sessionEnded(this, { reason, ...(detail ? { detail } : {}), requests: this.requests });
   }
 
+  /** A line about one message: to the log sink while the session's budget lasts, then only counted. */
+  private note(line: string): void {
+    if (this.logBudget > 0) {
+      this.logBudget--;
+      this.srv.log(this.logBudget === 0 ? `${line} (further per-message lines of this session are counted, not logged)` : line);
+      return;
+    }
+    this.suppressed++;
+    this.srv.stats.suppressedLogLines++;
+    this.srv.log(line, false);
+  }
+
   private send(b: Buffer): void {
-    if (!this.sock.destroyed) this.sock.write(b);
+    if (!this.sock.destroyed && !this.ended) this.sock.write(b);
   }
 
   private problem(p: FrameProblem): void {
@@ -335,8 +413,9 @@ class Session {
       this.end('unframeable', `message ${h.msgId} declared size ${h.size}`);
       return;
     }
-    this.srv.log(`message ${h.msgId} (${commandName(h.command)}) of ${h.size} bytes exceeds the limit of ${p.limit}; discarded`);
+    this.srv.log(`message ${h.msgId} (${commandName(h.command)}) of ${h.size} bytes exceeds the limit of ${p.limit}; closing`);
     this.fail(h.msgId, h.command, h.flags, Errno.E2BIG);
+    this.end('oversized', `message ${h.msgId} declared size ${h.size}, limit ${p.limit}`);
   }
 
   /** An error reply, unless the request asked for none (then only logged). */
@@ -355,11 +434,11 @@ class Session {
     if (type === Flags.TYPE_REPLY) {
       // We never send requests (no DMA_READ/WRITE), so no reply is expected.
       stats.unansweredProblems++;
-      this.srv.log(`unexpected reply ${f.msgId} (${commandName(f.command)}) ignored`);
+      this.note(`unexpected reply ${f.msgId} (${commandName(f.command)}) ignored`);
       return;
     }
     if (type !== Flags.TYPE_REQUEST) {
-      this.srv.log(`message ${f.msgId} (${commandName(f.command)}) has unknown type ${type}; refused`);
+      this.note(`message ${f.msgId} (${commandName(f.command)}) has unknown type ${type}; refused`);
       this.fail(f.msgId, f.command, f.flags, Errno.EINVAL);
       return;
     }
@@ -367,7 +446,7 @@ class Session {
     stats.requests++;
     if (f.command < stats.byCommand.length) stats.byCommand[f.command]!++;
     if (!this.versioned && f.command !== Command.VERSION) {
-      this.srv.log(`${commandName(f.command)} (message ${f.msgId}) before the VERSION handshake; refused`);
+      this.note(`${commandName(f.command)} (message ${f.msgId}) before the VERSION handshake; refused`);
       this.fail(f.msgId, f.command, f.flags, Errno.EINVAL);
       return;
     }
@@ -377,8 +456,8 @@ class Session {
       if (reply && (f.flags & Flags.NO_REPLY) === 0) this.send(reply);
     } catch (e) {
       const errno = e instanceof RegionAccessError ? e.errno : e instanceof PayloadError ? Errno.EINVAL : Errno.EIO;
-      if (!(e instanceof RegionAccessError || e instanceof PayloadError)) this.srv.log(`internal error on ${commandName(f.command)}: ${(e as Error).stack ?? e}`);
-      else this.srv.log(`${commandName(f.command)} (message ${f.msgId}) refused: ${(e as Error).message}`);
+      if (!(e instanceof RegionAccessError || e instanceof PayloadError)) this.note(`internal error on ${commandName(f.command)}: ${(e as Error).stack ?? e}`);
+      else this.note(`${commandName(f.command)} (message ${f.msgId}) refused: ${(e as Error).message}`);
       this.fail(f.msgId, f.command, f.flags, errno);
     }
   }
@@ -390,14 +469,16 @@ class Session {
     const dev = this.srv.device;
     switch (f.command) {
       case Command.DMA_MAP: {
-        if (len < DMA_MAP_SIZE) throw new PayloadError('DMA_MAP', `payload is ${len} bytes, needs ${DMA_MAP_SIZE}`);
+        const m = decodeDmaMap(buf, at, len);
+        checkDmaMap(m, len, this.srv.pgsize);
         stats.dmaMaps++;
-        stats.dmaMapBytes += buf.readUInt32LE(at + 24) + buf.readUInt32LE(at + 28) * 0x1_0000_0000;
+        stats.dmaMapBytes += Number(m.size);
         return allocReply(f.msgId, Command.DMA_MAP, 0);
       }
       case Command.DMA_UNMAP: {
-        const { flags } = decodeDmaUnmap(buf, at, len);
-        if (flags & DmaUnmapFlags.GET_DIRTY_BITMAP) throw new PayloadError('DMA_UNMAP', 'dirty bitmaps were not negotiated');
+        const u = decodeDmaUnmap(buf, at, len);
+        checkDmaUnmap(u);
+        if (u.flags & DmaUnmapFlags.GET_DIRTY_BITMAP) throw new PayloadError('DMA_UNMAP', 'dirty bitmaps were not negotiated');
         stats.dmaUnmaps++;
         // The spec: "The server responds with the original DMA entry in the request."
         const r = allocReply(f.msgId, Command.DMA_UNMAP, DMA_UNMAP_SIZE);
@@ -423,7 +504,7 @@ class Session {
         else stats.barWrites++;
         if (dev.functionResetCount !== before) {
           stats.functionResets++;
-          this.srv.log(`function reset by ${dev.lastFunctionReset === 'flr' ? 'FLR' : 'D3hot→D0'} (#${dev.functionResetCount})`);
+          this.note(`function reset by ${dev.lastFunctionReset === 'flr' ? 'FLR' : 'D3hot→D0'} (#${dev.functionResetCount})`);
         }
         if (f.flags & Flags.NO_REPLY) {
           stats.postedWrites++;
@@ -461,7 +542,7 @@ class Session {
       case Command.DEVICE_RESET:
         dev.reset();
         stats.resets++;
-        this.srv.log(`device reset (#${dev.resetCount})`);
+        this.note(`device reset (#${dev.resetCount})`);
         return allocReply(f.msgId, Command.DEVICE_RESET, 0);
       default:
         throw new RegionAccessError(Errno.ENOSYS, `${commandName(f.command)} is not supported by this server`);

@@ -11,7 +11,13 @@ import {
   PayloadError,
   capabilitiesJson,
   commandName,
+  checkDmaMap,
+  checkDmaUnmap,
   decodeDmaMap,
+  decodeDmaUnmap,
+  DmaUnmapFlags,
+  type DmaMap,
+  type DmaUnmap,
   decodeHeader,
   decodeRegionAccess,
   decodeVersion,
@@ -172,4 +178,60 @@ describe('vfio-user protocol', () => {
     rw.writeBigUInt64LE(1n << 60n, 0);
     expect(decodeRegionAccess(rw, 0, 16, 'REGION_READ').offset).to.equal(Infinity);
   });
+
+  it('passes every DMA_MAP and DMA_UNMAP QEMU 11.1.3 sent in the captured realize', () => {
+    const msgs = capturedSession().filter((m) => m.dir === 'c2s');
+    const maps = msgs.filter((m) => m.bytes.readUInt16LE(2) === Command.DMA_MAP);
+    expect(maps.length).to.be.above(0);
+    for (const { bytes } of maps) checkDmaMap(decodeDmaMap(bytes, HEADER_SIZE, bytes.length - HEADER_SIZE), bytes.length - HEADER_SIZE, 4096);
+    for (const { bytes } of msgs.filter((m) => m.bytes.readUInt16LE(2) === Command.DMA_UNMAP)) checkDmaUnmap(decodeDmaUnmap(bytes, HEADER_SIZE, bytes.length - HEADER_SIZE));
+  });
+
+  // Before: any DMA_MAP with 32 bytes was accepted, a size of 2^64 - 64 KiB included.
+  const map = (o: Partial<DmaMap>): DmaMap => ({ argsz: 32, flags: 3, offset: 0n, iova: 0x10_0000n, size: 0x1000n, ...o });
+  for (const [what, m, why] of [
+    ['a size of 2^64 - 64 KiB', map({ iova: 0n, size: 2n ** 64n - 0x1_0000n }), 'ends beyond 2^57'],
+    ['a range wrapping past 2^64', map({ iova: 2n ** 64n - 0x1000n, size: 0x2000n }), 'wraps past 2^64'],
+    ['a range ending past 2^57', map({ iova: 2n ** 57n - 0x1000n, size: 0x2000n }), 'ends beyond 2^57'],
+    ['a size of 0', map({ size: 0n }), 'size is 0'],
+    ['an unaligned address', map({ iova: 0x10_0800n }), 'address 0x100800 is not aligned to the page size 4096'],
+    ['an unaligned size', map({ size: 0x1800n }), 'size 0x1800 is not a multiple of the page size 4096'],
+    ['unknown flags', map({ flags: 0x13 }), 'unknown bits 0x10'],
+    ['a short argsz', map({ argsz: 16 }), 'argsz 16 is outside 32..32'],
+  ] as const) {
+    it(`refuses a DMA_MAP with ${what}, naming why`, () => {
+      expect(() => checkDmaMap(m, 32, 4096)).to.throw(PayloadError, why);
+    });
+  }
+
+  it('accepts DMA_MAPs QEMU can send: pages, 2 MiB leaves, the top of a 48-bit space', () => {
+    for (const m of [map({}), map({ iova: 0x4000_0000n, size: 0x20_0000n, flags: 1 }), map({ iova: 2n ** 48n - 0x1000n, offset: 0x1234_5000n })]) checkDmaMap(m, 32, 4096);
+  });
+
+  it('refuses a DMA_UNMAP with ALL and a range, unknown flags, or a wrap', () => {
+    const u = (o: Partial<DmaUnmap>): DmaUnmap => ({ argsz: 24, flags: 0, iova: 0x1000n, size: 0x1000n, ...o });
+    expect(() => checkDmaUnmap(u({ flags: DmaUnmapFlags.ALL }))).to.throw(PayloadError, 'ALL needs address and size 0');
+    expect(() => checkDmaUnmap(u({ flags: 8 }))).to.throw(PayloadError, 'unknown bits 0x8');
+    expect(() => checkDmaUnmap(u({ iova: 2n ** 64n - 0x1000n, size: 0x2000n }))).to.throw(PayloadError, 'wraps past 2^64');
+    // QEMU unmaps a full 64-bit IOMMU region as two halves: the upper one ends at 2^64 exactly.
+    checkDmaUnmap(u({ iova: 2n ** 63n, size: 2n ** 63n }));
+    checkDmaUnmap(u({ flags: DmaUnmapFlags.ALL, iova: 0n, size: 0n }));
+  });
+
+  it('pauses after the message being handed out and frames the rest on resume', () => {
+    const msgs = capturedSession().filter((m) => m.dir === 'c2s').slice(0, 6);
+    const all = Buffer.concat(msgs.map((m) => m.bytes));
+    const out: number[] = [];
+    const reader = new FrameReader({ frame: (f) => (out.push(f.msgId), reader.pause()), problem: () => {} }, 1 << 20, 32);
+    reader.push(all.subarray(0, 40));
+    reader.push(all.subarray(40));
+    const ids = msgs.map((m) => m.bytes.readUInt16LE(0));
+    expect(out).to.deep.equal(ids.slice(0, 1));
+    for (let i = 2; i <= ids.length; i++) {
+      reader.resume();
+      expect(out).to.deep.equal(ids.slice(0, i));
+    }
+    expect(reader.buffered).to.equal(0);
+  });
 });
+

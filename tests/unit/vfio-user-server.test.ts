@@ -1,5 +1,6 @@
 import { expect } from 'chai';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VfioUserClient, isErrorReply } from '../../harness/vfio-user/client.js';
@@ -14,6 +15,7 @@ import {
   encodeDmaMap,
   encodeHeader,
   encodeRegionAccess,
+  encodeRequest,
 } from '../../harness/vfio-user/protocol.js';
 import { startVfioUserServer, type VfioUserServer } from '../../harness/vfio-user/server.js';
 
@@ -242,15 +244,24 @@ describe('vfio-user server', function () {
     expect(server.stats.connections).to.equal(2);
   });
 
-  it('discards an oversized message and still answers the next one', async () => {
-    await handshake();
-    const big = Buffer.alloc(HEADER_SIZE + 16 + (1 << 20) + 64);
-    encodeHeader({ msgId: 88, command: Command.REGION_WRITE, size: big.length, flags: 0, error: 0 }, big);
-    client.sendRaw(big);
-    const next = await client.request(Command.DEVICE_GET_INFO, u32s(16, 0, 0, 0));
-    expect(isErrorReply(next)).to.equal(false);
-    expect(client.unexpected.map((r) => [r.header.msgId, r.header.error])).to.deep.equal([[88, Errno.E2BIG]]);
-  });
+  // Before: the server went on discarding what it was sent, so a header
+  // claiming 0xFFFFFFFF bytes left a session that was open and answered nothing.
+  for (const size of [HEADER_SIZE + 16 + (1 << 20) + 64, 0xffffffff]) {
+    it(`answers a message of ${size} bytes (over the limit) with E2BIG and ends the session`, async () => {
+      await handshake();
+      const big = Buffer.alloc(Math.min(size, 64 << 10));
+      encodeHeader({ msgId: 88, command: Command.REGION_WRITE, size, flags: 0, error: 0 }, big);
+      client.sendRaw(big);
+      const end = await server.waitForSessionEnd(2000);
+      expect(end.reason).to.equal('oversized');
+      expect(end.detail).to.equal(`message 88 declared size ${size}, limit ${HEADER_SIZE + 16 + (1 << 20)}`);
+      await client.waitClosed(2000);
+      expect(client.unexpected.map((r) => [r.header.msgId, r.header.error])).to.deep.equal([[88, Errno.E2BIG]]);
+      expect(String(await client.request(Command.DEVICE_GET_INFO, u32s(16, 0, 0, 0)).catch((e: unknown) => e))).to.include('closed connection');
+      client = await VfioUserClient.connect(server.socketPath);
+      await handshake();
+    });
+  }
 
   it('ends the session cleanly when the peer vanishes mid-message, and refuses a second client meanwhile', async () => {
     await handshake();
@@ -318,4 +329,81 @@ describe('vfio-user server', function () {
     expect(client.unexpected).to.deep.equal([]);
     this.test!.title += ` (${Math.round(n / seconds)}/s with the client in this process)`;
   });
+
+  it('refuses a DMA_MAP of 2^64 - 64 KiB with EINVAL, naming the range, and goes on', async () => {
+    await handshake();
+    const b = Buffer.alloc(32);
+    encodeDmaMap({ argsz: 32, flags: 3, offset: 0n, iova: 0n, size: 2n ** 64n - 0x1_0000n }, b, 0);
+    const r = await client.request(Command.DMA_MAP, b);
+    expect([isErrorReply(r), r.header.error]).to.deep.equal([true, Errno.EINVAL]);
+    expect(logged.some((l) => l.includes('DMA_MAP (message 2) refused: DMA_MAP: range 0x0+0xffffffffffff0000 ends beyond 2^57'))).to.equal(true);
+    expect(server.stats.dmaMaps).to.equal(0);
+    expect(isErrorReply(await client.request(Command.DMA_MAP, dmaMap(0x10_0000n)))).to.equal(false);
+  });
+
+  // Before: 100,000 unknown commands printed 100,000 lines.
+  it('logs the first per-message refusals of a session, then counts them, and says so at the end', async function () {
+    this.timeout(20_000);
+    await handshake();
+    const n = 20_000;
+    const replies = Array.from({ length: n }, () => client.request(99, undefined, 20_000));
+    expect((await Promise.all(replies)).every((r) => r.header.error === Errno.ENOSYS)).to.equal(true);
+    const refusals = logged.filter((l) => l.includes('command 99'));
+    expect(refusals).to.have.length(50);
+    expect(refusals[49]).to.include('further per-message lines of this session are counted, not logged');
+    expect(server.stats.suppressedLogLines).to.equal(n - 50);
+    expect(server.recentLog().at(-1), 'the newest lines stay in recentLog').to.include(`message ${n + 1}`);
+    client.close();
+    await server.waitForSessionEnd(2000);
+    expect(logged.at(-2)).to.include(`${n - 50} more per-message log lines of this session were not logged`);
+  });
+
+  // Before: replies piled up in the server's socket buffer without bound (2,000
+  // unread 1 MiB REGION_READs: +2 GB RSS).
+  it('stops reading a client that does not read its replies, and serves it all once it does', async function () {
+    this.timeout(30_000);
+    const n = 400;
+    client.close(); // a raw socket plays the client
+    await server.waitForSessionEnd(2000);
+    const raw = connect(server.socketPath);
+    await new Promise((r) => raw.once('connect', r));
+    raw.pause();
+    raw.write(encodeRequest(1, Command.VERSION, versionPayload()));
+    const req = encodeRequest(2, Command.REGION_READ, regionRead(2, 0, 1 << 20));
+    for (let i = 0; i < n; i++) raw.write(req);
+    await new Promise((r) => setTimeout(r, 500));
+    const handled = server.stats.requests;
+    expect(server.stats.backpressurePauses).to.be.at.least(1);
+    // 4 MiB of replies may queue, plus what the kernel's socket buffers hold.
+    expect(handled, 'requests handled while the client read nothing').to.be.below(20);
+    let got = 0;
+    raw.on('data', (d: Buffer) => (got += d.length));
+    raw.resume();
+    const want = (HEADER_SIZE + 16 + (1 << 20)) * n;
+    for (let i = 0; i < 200 && got < want + 100; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(server.stats.requests).to.equal(n + 1);
+    expect(got).to.be.at.least(want);
+    raw.destroy();
+    this.test!.title += ` (${handled} of ${n} 1 MiB reads handled while unread)`;
+  });
+
+  // Before: the socket was made with the process umask (0755 here, 0777 under umask 0).
+  it('creates its socket 0600 whatever the umask, and only in a private directory', async () => {
+    expect(statSync(server.socketPath).mode & 0o777).to.equal(0o600);
+    const old = process.umask(0);
+    try {
+      const s2 = await startVfioUserServer({ socketPath: join(dir, 'other.sock'), device: pasidEndpoint });
+      expect(statSync(s2.socketPath).mode & 0o777).to.equal(0o600);
+      await s2.close();
+    } finally {
+      process.umask(old);
+    }
+    const open = join(dir, 'open');
+    mkdirSync(open);
+    chmodSync(open, 0o755);
+    const err = await startVfioUserServer({ socketPath: join(open, 'x.sock'), device: pasidEndpoint }).catch((e: Error) => e);
+    expect(String(err)).to.include(`socket directory ${open} has mode 0755; it must be private (0700`);
+    expect(existsSync(join(open, 'x.sock'))).to.equal(false);
+  });
 });
+
