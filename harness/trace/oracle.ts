@@ -200,12 +200,12 @@ export function viommuFlags(v: ViommuConfig, host: HostCaps, opts: OracleOptions
         if (pasid && opts.vtdPasidSupportedWithoutFsts) {
           return same(V.PASID_SUPPORTED, `intel-iommu fsts=off, pasid-bits=${v.pasidBits}: PASID_SUPPORTED only (this QEMU sets it from pasid-bits alone)`);
         }
-        return same(0, `intel-iommu fsts=off${pasid ? `, pasid-bits=${v.pasidBits}` : ''}: vIOMMU flags 0 (11.1.3 sets every flag only with fsts)`);
+        return same(0, `intel-iommu fsts=off${pasid ? `, pasid-bits=${v.pasidBits}` : ''}: vIOMMU flags 0 (vtd_get_viommu_flags: every flag hangs on fsts in 11.1.3)`);
       }
-      if (!pasid) return same(V.WANT_NESTING_PARENT | V.WANT_NESTING_DIRTY_TRACKING, 'intel-iommu fsts=on, pasid-bits=0: vIOMMU flags 0x5');
+      if (!pasid) return same(V.WANT_NESTING_PARENT | V.WANT_NESTING_DIRTY_TRACKING, 'intel-iommu fsts=on, pasid-bits=0: vIOMMU flags 0x5 (vtd_get_viommu_flags: fsts → nesting parent and nesting dirty tracking)');
       return same(
         V.WANT_NESTING_PARENT | V.PASID_SUPPORTED | V.WANT_NESTING_DIRTY_TRACKING | V.WANT_PASID_ATTACH,
-        `intel-iommu fsts=on, pasid-bits=${v.pasidBits}: vIOMMU flags 0xf`,
+        `intel-iommu fsts=on, pasid-bits=${v.pasidBits}: vIOMMU flags 0xf (vtd_get_viommu_flags: fsts → nesting parent and nesting dirty tracking; pasid-bits > 0 adds PASID_SUPPORTED and WANT_PASID_ATTACH)`,
       );
     }
     case 'arm-smmuv3': {
@@ -220,7 +220,7 @@ export function viommuFlags(v: ViommuConfig, host: HostCaps, opts: OracleOptions
         return {
           flags: atAlloc,
           afterSetIommuDevice: resolved,
-          why: `arm-smmuv3 accel=on, ssidsize=auto, host SSIDSIZE ${hostSsid ? 'present' : 'absent'}: vIOMMU flags 0x${atAlloc.toString(16)} at this device's alloc${first ? ' (the first device allocates before set_iommu_device reads the host SSIDSIZE)' : ''}, 0x${resolved.toString(16)} after`,
+          why: `arm-smmuv3 accel=on, ssidsize=auto, host SSIDSIZE ${hostSsid ? 'present' : 'absent'}: vIOMMU flags 0x${atAlloc.toString(16)} at this device's alloc${first ? ' (the first device allocates before set_iommu_device reads the host SSIDSIZE)' : ''}, 0x${resolved.toString(16)} (${viommuFlagNames(resolved).join('|')}) after`,
         };
       }
       return ssid > 0
@@ -256,12 +256,12 @@ export function expectHwpt(v: ViommuConfig, host: HostCaps, options: OracleOptio
   let flags = 0;
   if (wantsParent) {
     flags |= F.NEST_PARENT;
-    why.push('NEST_PARENT: the vIOMMU wants a nesting parent');
+    why.push('NEST_PARENT: the vIOMMU wants a nesting parent (iommufd_cdev_autodomains_get: want_nesting)');
     because.push(nestingAsker(v));
   }
   if (host.dirtyTracking && !(wantsParent && !wantsNestDirty)) {
     flags |= F.DIRTY_TRACKING;
-    why.push('DIRTY_TRACKING: the host reports IOMMU_HW_CAP_DIRTY_TRACKING');
+    why.push('DIRTY_TRACKING: the host reports IOMMU_HW_CAP_DIRTY_TRACKING (autodomains_get: hw_caps & DIRTY, and no nesting parent or nesting dirty wanted)');
     because.push('the host has dirty tracking');
   } else if (host.dirtyTracking) {
     why.push('no DIRTY_TRACKING: the vIOMMU wants a nesting parent without nesting dirty tracking');
@@ -271,7 +271,7 @@ export function expectHwpt(v: ViommuConfig, host: HostCaps, options: OracleOptio
   }
   if (wantsPasid && host.maxPasidLog2 !== 0) {
     flags |= F.PASID;
-    why.push(`PASID: the vIOMMU wants PASID attach and max_pasid_log2=${host.maxPasidLog2}`);
+    why.push(`PASID: the vIOMMU wants PASID attach and max_pasid_log2=${host.maxPasidLog2} (autodomains_get: max_pasid_log2 && want_pasid_attach)`);
     because.push(`the device has PASID (max_pasid_log2=${host.maxPasidLog2})`);
   } else if (wantsPasid) {
     why.push('no PASID: the vIOMMU wants PASID attach but max_pasid_log2=0');
