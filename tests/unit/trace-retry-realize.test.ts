@@ -7,7 +7,7 @@ import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
 import { expectHwpt, expectRealizeFailureAfterAlloc, sharesAddressSpace } from '../../harness/trace/oracle.js';
 import { IommufdModel } from '../../harness/trace/model.js';
 import { parseTrace } from '../../harness/trace/parse.js';
-import { failure, formats1113, textModel } from './trace-fixtures.js';
+import { failure, fixtureModel, formats1113, textModel } from './trace-fixtures.js';
 
 chai.use(iommufdAssertions);
 
@@ -106,6 +106,20 @@ describe('a refusal in an existing container: QEMU retries in a new IOAS with th
     expect(m.hwptAllocs.filter((h) => h.devId === 4).map((h) => [h.ptId, h.ok])).to.deep.equal([[5, true]]);
     expect(m).to.have.attached({ devId: 4, targetId: 6, targetRole: 'parent' });
     expect(m).to.have.requestedPerOracle(expectHwpt({ kind: 'none' }, host, { secondDevice: true }), { devId: 4 });
+  });
+
+  it('real captures of two devices: without a vIOMMU the second reuses HWPT 3; under intel-iommu fsts=off each has its own IOAS', function () {
+    const shared = fixtureModel('l1/no-viommu-two-devices-shared-hwpt.log');
+    expect(shared).to.have.requestedPerOracle(expectHwpt({ kind: 'none' }, host), { devId: 1 });
+    expect(shared).to.have.requestedPerOracle(expectHwpt({ kind: 'none' }, host, { secondDevice: true }), { devId: 4 });
+    expect(shared).to.have.attached({ devId: 4, targetId: 3, targetRole: 'parent' });
+    const own = fixtureModel('l1/vtd-two-devices-own-ioas-each.log');
+    const vtdOff = { kind: 'intel-iommu', fsts: false } as const;
+    // Per-device VT-d address spaces: the second device is a first device of its own container.
+    expect(expectHwpt(vtdOff, host, { secondDevice: true })).to.include({ mayReuse: false, maxRequests: 1 });
+    expect(own).to.have.requestedPerOracle(expectHwpt(vtdOff, host, { secondDevice: true }), { devId: 4 });
+    expect(own.deviceStory(4)?.objects.map((o) => `${o.kind} ${o.id}`)).to.deep.equal(['ioas 5', 'hwpt 6']);
+    expect(own.retries).to.deep.equal([]);
   });
 
   it('reuse: a second device attaching to the first one\'s HWPT passes the second-device expectation (real capture)', function () {
