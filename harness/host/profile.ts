@@ -13,12 +13,17 @@ import { repoRoot } from '../util/paths.js';
 
 export type Platform = 'vtd' | 'smmuv3';
 export type Accel = 'kvm' | 'tcg' | 'auto';
-/** pasid: the device has a PCIe PASID capability; behind-bridge: below a conventional PCI bridge. */
-export type DeviceRole = 'pasid' | 'no-pasid' | 'behind-bridge';
+/**
+ * pasid: the device has a PCIe PASID capability; behind-bridge: below a
+ * conventional PCI bridge; binding-test: a device the harness may take only
+ * to test its own binding (bound, killed, given back, or refused because it
+ * is in use); lab suites never bind it or pass it through.
+ */
+export type DeviceRole = 'pasid' | 'no-pasid' | 'behind-bridge' | 'binding-test';
 
 export const PLATFORMS: readonly Platform[] = ['vtd', 'smmuv3'];
 export const ACCELS: readonly Accel[] = ['kvm', 'tcg', 'auto'];
-export const DEVICE_ROLES: readonly DeviceRole[] = ['pasid', 'no-pasid', 'behind-bridge'];
+export const DEVICE_ROLES: readonly DeviceRole[] = ['pasid', 'no-pasid', 'behind-bridge', 'binding-test'];
 
 export interface ProfileDevice {
   /** Normalized: 0000:01:00.0, lower case. */

@@ -43,7 +43,9 @@ export class LabHost {
     const binder = new VfioBinder(profile, journal ? { journal } : {});
     binder.replayJournal();
     binder.installSignalHandlers();
-    const bound = new Map((await binder.bind()).map((b) => [b.bdf, b]));
+    // binding-test devices are the binding tests' own (tests/lab/host.test.ts): never held for a suite.
+    const suiteDevices = profile.devices.filter((d) => d.role !== 'binding-test').map((d) => d.bdf);
+    const bound = new Map((await binder.bind(suiteDevices)).map((b) => [b.bdf, b]));
     const kernelAnswers = await openKernelAnswers([...bound.values()][0]?.cdev);
     const prerequisites = hostPrerequisites(await probeHost({ profile }));
     return new LabHost(profile, binder, bound, kernelAnswers, prerequisites);

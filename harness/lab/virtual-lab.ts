@@ -62,6 +62,21 @@ export const DEFAULT_VFIO_USER_DEVICES: LabVfioUserDevice[] = [
 ];
 
 /**
+ * Devices L1's own drivers own, for the binding tests (tests/lab/host.test.ts,
+ * role binding-test in qemu-configs/hosts/virtual-lab.yaml): a virtio-net
+ * the binder takes and a killed run must give back, a virtio-net whose link
+ * the test brings up, and a virtio-9p function the test mounts (both must be
+ * refused). On the root ports after the vfio-user endpoints, so their L1
+ * addresses are fixed: l1Bdf(7), l1Bdf(8), l1Bdf(9).
+ */
+export const BINDING_TEST_SHARE_TAG = 'labshare';
+export const BINDING_TEST_DEVICES: LabDevice[] = [
+  { name: 'net-down', device: { driver: 'virtio-net-pci', romfile: '' } },
+  { name: 'net-up', device: { driver: 'virtio-net-pci', romfile: '' } },
+  { name: 'share', device: { driver: 'virtio-9p-pci', fsdev: BINDING_TEST_SHARE_TAG, mount_tag: BINDING_TEST_SHARE_TAG } },
+];
+
+/**
  * L1 reserves this many 2 MiB pages at boot (kernel `hugepages=`), so that
  * an L2's RAM can be hugetlb-backed: L1's VT-d driver then maps it with 2 MiB
  * leaves, and L0's QEMU sends the vfio-user server one DMA_MAP per 2 MiB
@@ -114,6 +129,8 @@ export interface VirtualLabOptions {
   devices?: LabDevice[];
   /** vfio-user endpoints on the root ports after `devices` (default DEFAULT_VFIO_USER_DEVICES; [] for none). */
   vfioUser?: LabVfioUserDevice[];
+  /** The binding tests' devices (BINDING_TEST_DEVICES) after the vfio-user endpoints (default true). */
+  bindingTestDevices?: boolean;
   /** Devices added after the lab devices (each gets one more root port; give them their own bus). */
   extraDevices?: DeviceSpec[];
   /** L1's intel-iommu (default DEFAULT_INTEL_IOMMU; vfio-user devices need caching-mode on). */
@@ -152,6 +169,8 @@ export function vfioUserBus(o: Pick<VirtualLabOptions, 'devices'>, n: number): s
  */
 export function virtualLabDescription(o: VirtualLabOptions, vfioUser: DeviceSpec[] = []): Omit<GuestOptions, 'image'> {
   const devs = o.devices ?? DEFAULT_LAB_DEVICES;
+  const binding = o.bindingTestDevices === false ? [] : BINDING_TEST_DEVICES;
+  const firstBindingPort = devs.length + vfioUser.length;
   const hugepages = o.hugepages ?? L1_HUGEPAGES;
   return {
     intelIommu: o.intelIommu ?? DEFAULT_INTEL_IOMMU,
@@ -163,11 +182,16 @@ export function virtualLabDescription(o: VirtualLabOptions, vfioUser: DeviceSpec
     append: hugepages > 0 ? [`hugepages=${hugepages}`] : [],
     globals: [NATIVE_PCIE_HOTPLUG],
     devices: [
-      ...rootPorts(devs.length + vfioUser.length + (o.extraDevices?.length ?? 0)),
+      ...rootPorts(devs.length + vfioUser.length + binding.length + (o.extraDevices?.length ?? 0)),
       ...devs.map((d, i) => ({ ...d.device, id: `lab-${d.name}`, bus: `rp${i}` }) as DeviceSpec),
       ...vfioUser,
+      ...binding.map((d, i) => ({ ...d.device, id: `lab-${d.name}`, bus: `rp${firstBindingPort + i}` }) as DeviceSpec),
       ...(o.extraDevices ?? []),
     ],
+    // The binding tests' 9p function exports a small read-only folder of the checkout.
+    extraArgs: binding.some((d) => d.device.driver === 'virtio-9p-pci')
+      ? ['-fsdev', `local,id=${BINDING_TEST_SHARE_TAG},path=${join(repoRoot, 'qemu-configs')},security_model=none,readonly=on`]
+      : [],
   };
 }
 
