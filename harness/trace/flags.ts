@@ -154,10 +154,12 @@ export function errnoValue(nameOrRet: string | number): number {
  * - `errno`: `ret ? errno : 0`, a positive errno: set_dirty, get_dirty_bitmap,
  *   invalidate_cache (upstream's merged form; early patch versions traced ret).
  * - `bool`: the vtd_device_* helpers return bool: 1 = success, 0 = failure.
+ * - `enoent`: unmap_dma_non_exist, traced only for an unmap the kernel
+ *   refused with ENOENT, which QEMU then treats as success.
  * A negative value other than -1 under `ioctl` can only be a -errno (a build
  * that traces one): it is named, with its source `trace`.
  */
-export type RetEncoding = 'ioctl' | 'errno' | 'bool';
+export type RetEncoding = 'ioctl' | 'errno' | 'bool' | 'enoent';
 
 export const RET_ENCODING: Readonly<Record<string, RetEncoding>> = {
   iommufd_backend_alloc_hwpt: 'ioctl',
@@ -170,7 +172,8 @@ export const RET_ENCODING: Readonly<Record<string, RetEncoding>> = {
   iommufd_backend_map_dma: 'ioctl',
   iommufd_backend_map_file_dma: 'ioctl',
   iommufd_backend_unmap_dma: 'ioctl',
-  iommufd_backend_unmap_dma_non_exist: 'ioctl',
+  // Traced only when the unmap failed with ENOENT, which QEMU then counts as success.
+  iommufd_backend_unmap_dma_non_exist: 'enoent',
   iommufd_backend_set_dirty: 'errno',
   iommufd_backend_get_dirty_bitmap: 'errno',
   iommufd_backend_invalidate_cache: 'errno',
@@ -195,6 +198,7 @@ export function retOutcome(event: string, ret: number): RetOutcome | undefined {
   const enc = RET_ENCODING[event];
   if (enc === undefined) return undefined;
   if (enc === 'bool') return ret === 0 ? { ok: false, text: 'failed (returned false)' } : { ok: true, text: 'OK' };
+  if (enc === 'enoent') return { ok: true, errno: 'ENOENT', text: 'ENOENT: no such mapping, which QEMU counts as success' };
   if (ret === 0) return { ok: true, text: 'OK' };
   if (enc === 'errno') return ret > 0 ? { ok: false, errno: errnoName(-ret), text: errnoName(-ret) } : { ok: false, text: `failed (ret ${ret})` };
   if (ret === -1) return { ok: false, text: 'failed (ioctl returned -1; the errno is not in the trace)' };
@@ -253,7 +257,7 @@ export function decodedFields(event: string, fields: Record<string, FieldValue>)
   const ret = f('ret');
   if (ret !== undefined) {
     const o = retOutcome(event, ret);
-    if (o && !o.ok) out.ret = o.text;
+    if (o && (!o.ok || o.errno)) out.ret = o.text;
   }
   return out;
 }

@@ -85,6 +85,13 @@ describe('trace ret: what the number means', function () {
     expect(decodedFields('vtd_device_attach_hwpt', { ret: 1 })).to.deep.equal({});
   });
 
+  it('unmap_dma_non_exist (-1) on a real line: ENOENT, which QEMU counts as success', function () {
+    const line = traceFixture('arm64/l2-accel-boot.trace').split('\n').find((l) => l.includes('unmap_dma_non_exist'))!;
+    expect(line).to.match(/\(-1\)$/);
+    expect(retOutcome('iommufd_backend_unmap_dma_non_exist', -1)).to.include({ ok: true, errno: 'ENOENT' });
+    expect(decodedFields('iommufd_backend_unmap_dma_non_exist', { ret: -1 })).to.deep.equal({ ret: 'ENOENT: no such mapping, which QEMU counts as success' });
+  });
+
   it('strerror texts back to names; an event the table does not know claims nothing', function () {
     expect(['Operation not supported', 'Bad address', 'Invalid argument', 'No such file or directory'].map(errnoFromText)).to.deep.equal([
       'EOPNOTSUPP', 'EFAULT', 'EINVAL', 'ENOENT',
