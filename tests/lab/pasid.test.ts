@@ -13,7 +13,10 @@ import { useLabHost } from '../../harness/lab/fixture.js';
 import { hostCapsOf } from '../../harness/lab/lab-host.js';
 import { predictHwptAlloc } from '../../harness/host/kernel-model.js';
 import { formatHwptFlags, hwptFlagsFromNames, HWPT_ALLOC_FLAGS } from '../../harness/trace/flags.js';
-import { oracleViommu, type L2Spec } from '../../harness/lab/l2.js';
+import { l2Description, oracleViommu, probeL2, type L2Spec } from '../../harness/lab/l2.js';
+import { bootGuest } from '../../harness/guest/boot.js';
+import { findGuestImage } from '../../harness/guest/image.js';
+import { guestPciFunctionsWithPasid } from '../../harness/lab/guest-pasid.js';
 import { LaunchError } from '../../harness/qemu/machine.js';
 import { skipBecause } from '../../harness/report/skip.js';
 import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
@@ -146,6 +149,60 @@ describe('PASID: HWPT flags for a PASID-capable device', function () {
     expect(hw.outMaxPasidLog2, 'max_pasid_log2 from the capability’s Max PASID Width').to.equal(caps.pasid!.maxPasidWidth);
     // QEMU looks at max_pasid_log2 only, so the request carries PASID although the device cannot use it.
     await scenario(this, 'intel-iommu-scalable-fsts-pasid', d, ['NEST_PARENT', 'PASID']);
+  });
+});
+
+describe('PASID: the capability vfio-pci synthesizes for the guest', function () {
+  this.timeout(600_000);
+  const lab = useLabHost();
+
+  /**
+   * intel-iommu with pasid-bits and fsts=off: no nesting parent is asked, so
+   * the kernel grants the HWPT on any VT-d and realize completes. Whether
+   * vfio-pci then gives the guest a PASID capability is the oracle's
+   * synthesizesPasidCap (read from hw/vfio/pci.c): checked in QEMU's trace of
+   * a paused L2, and from inside a booted L2 guest, which sees the config
+   * space QEMU really emulates.
+   */
+  const CONFIG = 'intel-iommu-scalable-pasid';
+
+  async function expectation(ctx: Mocha.Context) {
+    const cfg = loadConfig(CONFIG);
+    lab.requireConfig(ctx, cfg);
+    const d = lab.host.device(ctx, 'pasid');
+    const hw = await lab.host.hwInfo(ctx, d.cdev);
+    expect(hw.outMaxPasidLog2, `${d.bdf} max_pasid_log2`).to.be.greaterThan(0);
+    const exp = expectHwpt(oracleViommu(cfg), hostCapsOf(hw));
+    const direct = await lab.host.kernelAnswer(ctx, d.cdev, exp.parent!.flags);
+    if (!direct.ok) skipBecause(ctx, `the kernel refuses ${formatHwptFlags(exp.parent!.flags)} for ${d.bdf} (${direct.errno}): realize cannot get as far as the PASID capability`);
+    return { cfg, d, exp };
+  }
+
+  it('fsts=off, pasid-bits=20, PASID device: QEMU’s trace of a paused L2 shows a synthesized PASID capability exactly when the oracle says so', async function () {
+    const { cfg, d, exp } = await expectation(this);
+    const outcome = await lab.launch({ config: cfg, devices: [{ bdf: d.bdf, id: 'hostdev0' }] });
+    expect(outcome.error, outcome.error?.message).to.equal(undefined);
+    expect(outcome.model.pasidCaps.map((c) => c.offset), exp.pasidCapWhy).to.have.length(exp.synthesizesPasidCap ? 1 : 0);
+  });
+
+  it('fsts=off, pasid-bits=20, PASID device: a booted L2 guest sees a PASID capability exactly when the oracle says so', async function () {
+    const { cfg, d, exp } = await expectation(this);
+    const image = findGuestImage('x86_64');
+    if (!image.ok) skipBecause(this, image.reason);
+    const probe = await probeL2('x86_64');
+    const desc = l2Description({ config: cfg, devices: [{ bdf: d.bdf, id: 'hostdev0' }] }, probe);
+    const guest = await bootGuest((x) => lab.machines.launch(x, { name: 'l2-guest', binary: probe.binary }), {
+      image: image.image,
+      intelIommu: false, // the config's own vIOMMU is in desc.devices
+      memoryMB: 256,
+      devices: desc.devices!,
+      globals: desc.globals ?? [],
+      objects: desc.objects ?? [],
+      trace: desc.trace ?? [],
+    }, { readyTimeoutMs: 480_000 });
+    const withPasid = await guestPciFunctionsWithPasid(guest.agent);
+    if (exp.synthesizesPasidCap) expect(withPasid.map((f) => f.offset), exp.pasidCapWhy).to.include(0xff8);
+    else expect(withPasid, exp.pasidCapWhy).to.deep.equal([]);
   });
 });
 
