@@ -77,19 +77,38 @@ export interface Parsed {
 
 const prog = (spec: CommandSpec): string => (spec.name.startsWith('vfio-user') ? spec.name : `harness ${spec.name}`);
 
+/** The synopsis, wrapped at 100 columns (optional positionals in brackets). */
 export function usageLine(spec: CommandSpec): string {
-  const opts = Object.entries(spec.options).map(([n, o]) => {
-    const v = o.type === 'string' ? ` ${o.value ?? 'VALUE'}` : '';
-    return `[--${n}${v}]${o.multiple ? '...' : ''}`;
-  });
-  return `usage: ${prog(spec)} ${[...(spec.positionals ?? []), ...opts].join(' ')}`.trimEnd();
+  const names = spec.positionals ?? [];
+  const min = spec.minPositionals ?? names.length;
+  const words = [
+    ...names.map((n, i) => (i < min ? n : `[${n}]`)),
+    ...Object.entries(spec.options).map(([n, o]) => `[--${n}${o.type === 'string' ? ` ${o.value ?? 'VALUE'}` : ''}]${o.multiple ? '...' : ''}`),
+  ];
+  const head = `usage: ${prog(spec)}`;
+  const lines = [head];
+  for (const w of words) {
+    if (lines.at(-1)!.length + 1 + w.length > 100) lines.push(''.padEnd(head.length));
+    lines[lines.length - 1] += ` ${w}`;
+  }
+  return lines.join('\n');
+}
+
+/** Words of `text` in lines of at most `width` columns, continuation lines indented by `indent`. */
+function wrap(text: string, width: number, indent = 0): string {
+  const lines = [''];
+  for (const w of text.split(/\s+/)) {
+    if (lines.at(-1)!.trim() && lines.at(-1)!.length + 1 + w.length > width) lines.push(''.padEnd(indent));
+    lines[lines.length - 1] += lines.at(-1)!.trim() ? ` ${w}` : w;
+  }
+  return lines.join('\n');
 }
 
 export function helpText(spec: CommandSpec): string {
   const rows = Object.entries(spec.options).map(([n, o]) => [`${o.short ? `-${o.short}, ` : ''}--${n}${o.type === 'string' ? ` ${o.value ?? 'VALUE'}` : ''}`, o.help + (o.multiple ? ' (repeatable)' : '')] as const);
   rows.push(['-h, --help', 'this help']);
   const w = Math.max(...rows.map(([l]) => l.length));
-  const lines = [usageLine(spec), '', spec.summary, '', 'options:', ...rows.map(([l, h]) => `  ${l.padEnd(w)}  ${h.replace(/\n/g, `\n  ${''.padEnd(w)}  `)}`)];
+  const lines = [usageLine(spec), '', wrap(spec.summary, 100), '', 'options:', ...rows.map(([l, h]) => `  ${l.padEnd(w)}  ${wrap(h, 100 - w - 4, w + 4)}`)];
   if (spec.epilogue) lines.push('', spec.epilogue);
   return `${lines.join('\n')}\n`;
 }
