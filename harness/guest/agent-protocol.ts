@@ -73,6 +73,8 @@ export function parseAgentLine(raw: string): AgentMessage {
       if (id === undefined || f.length !== 3 || typeof msg === 'string') return garbage('ERR needs <id> <base64 message>');
       return { kind: 'error', id, message: msg.toString('utf8') };
     }
+    case OVERLONG:
+      return garbage(`a line of ${f[1]} characters exceeds the limit of ${f[2]} and was dropped; it began ${JSON.stringify(f.slice(3).join(' ').slice(0, 80))}`);
     default:
       return garbage('unknown message type');
   }
@@ -95,19 +97,90 @@ export function formatRun(id: number, timeoutMs: number, command: string, stdin?
   return `RUN ${id} ${guestTimeoutSeconds(timeoutMs)} ${cmd}${input}\n`;
 }
 
-/** Splits a stream of text chunks into lines; keeps the unfinished rest. */
+/**
+ * The longest line the host accepts from the guest: a RES carries a command's
+ * whole output in base64 (4/3 of its size), and the harness never asks for
+ * more than a few MB. A guest that sends more (a runaway command, a console
+ * flooded without newlines) must not grow the host without bound.
+ */
+export const MAX_AGENT_LINE = 32 << 20;
+
+/** The line a LineSplitter hands out in place of one over its limit; parseAgentLine reports it as garbage. */
+export const OVERLONG = 'OVERLONG';
+
+/**
+ * Splits a stream of text chunks into lines; keeps the unfinished rest as a
+ * list of pieces joined once, so a long line costs time linear in its length
+ * (concatenating on every chunk made it quadratic). A line longer than
+ * `maxLine` is dropped up to its newline and handed out as
+ * `OVERLONG <length> <limit> <first 200 characters>`; `dropped` counts them.
+ */
 export class LineSplitter {
-  private rest = '';
+  private parts: string[] = [];
+  private partLength = 0;
+  /** Length of the over-long line being skipped, or -1. */
+  private skipping = -1;
+  private skippedHead = '';
+  dropped = 0;
+
+  constructor(readonly maxLine = MAX_AGENT_LINE) {}
 
   push(chunk: string): string[] {
-    const text = this.rest + chunk;
-    const lines = text.split('\n');
-    this.rest = lines.pop() ?? '';
-    return lines;
+    const out: string[] = [];
+    let from = 0;
+    for (let nl = chunk.indexOf('\n'); nl >= 0; nl = chunk.indexOf('\n', from)) {
+      const piece = chunk.slice(from, nl);
+      from = nl + 1;
+      if (this.skipping >= 0 || this.partLength + piece.length > this.maxLine) {
+        if (this.skipping < 0) this.startSkipping();
+        this.skip(piece);
+        out.push(this.overlong());
+        continue;
+      }
+      if (this.parts.length === 0) out.push(piece);
+      else {
+        this.parts.push(piece);
+        out.push(this.parts.join(''));
+        this.parts = [];
+        this.partLength = 0;
+      }
+    }
+    const rest = chunk.slice(from);
+    if (rest.length === 0) return out;
+    if (this.skipping < 0 && this.partLength + rest.length > this.maxLine) this.startSkipping();
+    if (this.skipping >= 0) this.skip(rest);
+    else {
+      this.parts.push(rest);
+      this.partLength += rest.length;
+    }
+    return out;
   }
 
-  /** Bytes received after the last newline (a half-sent line). */
+  /** Text received after the last newline (a half-sent line), at most maxLine characters. */
   get pending(): string {
-    return this.rest;
+    if (this.parts.length > 1) this.parts = [this.parts.join('')];
+    return this.parts[0] ?? '';
+  }
+
+  private startSkipping(): void {
+    this.skipping = 0;
+    this.skippedHead = '';
+    for (const p of this.parts) this.skip(p);
+    this.parts = [];
+    this.partLength = 0;
+  }
+
+  /** Counts `text` of the over-long line, keeping its first 200 characters whatever the chunking. */
+  private skip(text: string): void {
+    if (this.skippedHead.length < 200) this.skippedHead += text.slice(0, 200 - this.skippedHead.length);
+    this.skipping += text.length;
+  }
+
+  private overlong(): string {
+    const line = `${OVERLONG} ${this.skipping} ${this.maxLine} ${this.skippedHead}`;
+    this.skipping = -1;
+    this.skippedHead = '';
+    this.dropped++;
+    return line;
   }
 }

@@ -1,5 +1,6 @@
 import { expect } from 'chai';
 import { formatPing, formatRun, guestTimeoutSeconds, LineSplitter, parseAgentLine } from '../../harness/guest/agent-protocol.js';
+import { fuzzSeed, Rng } from '../support/fuzz.js';
 
 const b64 = (s: string): string => Buffer.from(s).toString('base64');
 
@@ -59,4 +60,58 @@ describe('guest agent protocol', () => {
     expect(s.pending).to.equal('RES 2');
     expect(s.push(' 0 0 1  \nHE')).to.deep.equal(['RES 2 0 0 1  ']);
   });
+
+  // Before: every chunk was appended to the unfinished line and the whole
+  // split again, so a long line cost the square of its length, without limit.
+  it('joins a long line from many chunks in linear time', () => {
+    const s = new LineSplitter();
+    const chunk = 'A'.repeat(4096);
+    const t = performance.now();
+    for (let i = 0; i < 2048; i++) expect(s.push(chunk)).to.deep.equal([]);
+    const [line] = s.push('\n');
+    expect(line).to.have.length(8 << 20);
+    expect(performance.now() - t, 'an 8 MiB line in 4 KiB chunks, ms').to.be.below(1500);
+  });
+
+  it('drops a line over the limit up to its newline and reports it as garbage with its length', () => {
+    const s = new LineSplitter(1000);
+    expect(s.push('RES 1 0 0 5 ' + 'A'.repeat(600))).to.deep.equal([]);
+    expect(s.push('B'.repeat(600))).to.deep.equal([]);
+    expect(s.pending, 'nothing of the over-long line is kept').to.equal('');
+    const out = s.push('C'.repeat(10) + '\nPONG 1 2.5\n' + 'D'.repeat(1001) + '\nHE');
+    expect(out).to.have.length(3);
+    expect(parseAgentLine(out[0]!)).to.deep.include({ kind: 'garbage', why: `a line of 1222 characters exceeds the limit of 1000 and was dropped; it began "RES 1 0 0 5 ${'A'.repeat(68)}"` });
+    expect(parseAgentLine(out[1]!)).to.deep.equal({ kind: 'pong', id: 1, uptimeS: 2.5 });
+    expect(parseAgentLine(out[2]!)).to.deep.include({ kind: 'garbage' });
+    expect(s.dropped).to.equal(2);
+    expect(s.pending).to.equal('HE');
+  });
+
+  it('fuzz: 10,000 seeded streams, split anywhere, never throw, keep at most the limit and frame alike', function () {
+    this.timeout(20_000);
+    const seed = fuzzSeed(12);
+    this.test!.title += ` (seed ${seed}; FUZZ_SEED replays)`;
+    const rng = new Rng(seed);
+    const pieces = ['RES', 'PONG', 'HELLO', 'ERR', 'OVERLONG', ' ', '  ', '\r', '\n', '\n', '0', '1', '255', '256', '-1', '1e9', 'x', '!!!', 'aGk=', '====', '\u0000', 'é', '\ud800', '9'.repeat(400)];
+    for (let i = 0; i < 10_000; i++) {
+      const text = Array.from({ length: rng.int(1, 60) }, () => (rng.chance(0.05) ? rng.bytes(rng.int(1, 50)).toString('latin1') : rng.pick(pieces))).join('');
+      const limit = rng.int(1, 500);
+      const whole = new LineSplitter(limit);
+      const cut = new LineSplitter(limit);
+      const a = whole.push(text);
+      const b: string[] = [];
+      let at = 0;
+      for (const { length } of rng.split(Buffer.alloc(text.length), 10)) {
+        b.push(...cut.push(text.slice(at, (at += length))));
+        expect(cut.pending.length).to.be.at.most(limit);
+      }
+      expect(b, `case ${i}`).to.deep.equal(a);
+      for (const line of a) {
+        const m = parseAgentLine(line);
+        expect(['hello', 'pong', 'result', 'error', 'garbage'], `case ${i}: ${JSON.stringify(line)}`).to.include(m.kind);
+        if (line.length > limit && !line.startsWith('OVERLONG ')) throw new Error(`case ${i}: a line of ${line.length} over the limit ${limit} was handed out`);
+      }
+    }
+  });
 });
+
