@@ -59,7 +59,7 @@ describe('host doctor', () => {
   it('reports an L1-like host: VT-d decoded, devices with driver, group and caps', async () => {
     l1();
     const r = await probeHost({ paths: fake.paths, profile: l1Profile(), kvmReason: 'no usable /dev/kvm', probeTool: noTool });
-    expect(Object.keys(r)).to.have.members(['schema', 'generatedAt', 'host', 'paths', 'kvm', 'iommu', 'iommufd', 'vfio', 'probeTool', 'profile', 'devices']);
+    expect(Object.keys(r)).to.have.members(['schema', 'generatedAt', 'host', 'paths', 'kvm', 'iommu', 'iommufd', 'vfio', 'probeTool', 'profile', 'devices', 'kernelAnswers']);
     expect(r.kvm).to.deep.equal({ arch: 'x86_64', ok: false, reason: 'no usable /dev/kvm' });
     expect(r.profile).to.deep.include({ name: 'lab', platform: 'vtd', accel: 'auto', resolvedAccel: 'tcg' });
     const [dmar] = r.iommu.instances;
@@ -87,7 +87,11 @@ describe('host doctor', () => {
       pasidDevice: { ok: false, reason: 'profile lab lists no device with role pasid' },
       noPasidDevice: { ok: true, reason: 'device 0000:01:00.0 (role no-pasid)' },
       bridgeDevice: { ok: false, reason: 'profile lab lists no device with role behind-bridge' },
+      // No device is bound on the fake host, so the kprobe self-check has nothing to fire at (or no tracefs here).
+      kernelAnswers: pre.kernelAnswers,
     });
+    expect(pre.kernelAnswers.ok).to.equal(false);
+    expect(pre.kernelAnswers.reason).to.match(/^kernel answers (unavailable|unverified): /);
   });
 
   it('finds nesting, dirty tracking and a PASID device where the host has them', async () => {
@@ -161,7 +165,7 @@ describe('host doctor', () => {
     expect(await doctorCommand(['--json', '--root', root, '--profile', profilePath], j.io)).to.equal(0);
     const report = JSON.parse(j.out()) as Record<string, unknown> & { prerequisites: Record<string, { ok: boolean; reason: string }>; devices: { bdf: string }[] };
     expect(Object.keys(report)).to.include.members(['kvm', 'iommu', 'iommufd', 'vfio', 'devices', 'profile', 'prerequisites']);
-    expect(Object.keys(report.prerequisites)).to.have.members(['kvm', 'iommu', 'iommufd', 'vfioCdev', 'nesting', 'dirtyTracking', 'pasidDevice', 'noPasidDevice', 'bridgeDevice']);
+    expect(Object.keys(report.prerequisites)).to.have.members(['kvm', 'iommu', 'iommufd', 'vfioCdev', 'nesting', 'dirtyTracking', 'pasidDevice', 'noPasidDevice', 'bridgeDevice', 'kernelAnswers']);
     expect(report.prerequisites.nesting).to.deep.equal({ ok: false, reason: 'host IOMMU dmar0 has no nesting (ecap.NEST=0)' });
     expect(report.devices.map((d) => d.bdf)).to.deep.equal(['0000:01:00.0']);
     const t = capture();

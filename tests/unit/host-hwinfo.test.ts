@@ -113,7 +113,7 @@ describe('host iommufd hw info', () => {
     it('is rebuilt only when its source changes', async () => {
       const again = await execa('sh', [join(repoRoot, 'scripts', 'build-tools.sh')]);
       expect(again.stderr).to.equal('');
-      expect(tool).to.match(/\/tools\/[0-9a-f]{16}\/iommufd-probe$/);
+      expect(tool).to.match(/\/tools\/x86_64\/[0-9a-f]{16}\/iommufd-probe$/);
     });
 
     it('rejects bad usage with exit 2 and a JSON reason', async () => {
@@ -154,6 +154,7 @@ describe('host iommufd hw info', () => {
       expect(await readHwInfo('/dev/null', { tool })).to.deep.equal({
         ok: false,
         reason: 'no /dev/iommu (kernel without CONFIG_IOMMUFD, or the iommufd module is not loaded)',
+        unavailable: true,
       });
     });
   });

@@ -1,9 +1,11 @@
 import { expect } from 'chai';
-import { readdirSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   hostProfilesDir,
   loadProfile,
+  MAX_PROFILE_BYTES,
   normalizeBdf,
   parseProfile,
   ProfileError,
@@ -48,6 +50,9 @@ describe('host profile', () => {
       ['0000:05:00.0', 'pasid-endpoint', 'pasid'],
       ['0000:06:00.0', 'plain-endpoint', 'no-pasid'],
       ['0000:07:00.0', 'pasid-no-tlp-prefix', 'no-pasid'],
+      ['0000:08:00.0', 'net-down', 'binding-test'],
+      ['0000:09:00.0', 'net-up', 'binding-test'],
+      ['0000:0a:00.0', 'share', 'binding-test'],
     ]);
   });
 
@@ -76,25 +81,25 @@ devices:
 allowGroupPeers: [0000:01:00.0, zz]
 `);
     expect(errs).to.deep.equal([
-      'platform: "vtx" is not one of vtd, smmuv3',
-      'accel: "fast" is not one of kvm, tcg, auto',
-      'devices[1].bdf: "0000:1:00.0" is not a PCI address (DDDD:BB:DD.F)',
-      'devices[2].bdf: "0000:02:25.0" has device number 0x25 (a PCI device number is 00-1f)',
-      'devices[3].colour: not a profile field (expected one of bdf, role, name, notes)',
-      'devices[3].role: "nopasid" is not one of pasid, no-pasid, behind-bridge',
-      'devices[3].bdf: 0000:01:00.0 is already devices[0]',
-      'allowGroupPeers[0]: 0000:01:00.0 is listed in devices already',
-      'allowGroupPeers[1]: "zz" is not a PCI address (DDDD:BB:DD.F)',
+      'line 3: platform: "vtx" is not one of vtd, smmuv3',
+      'line 4: accel: "fast" is not one of kvm, tcg, auto',
+      'line 7: devices[1].bdf: "0000:1:00.0" is not a PCI address (DDDD:BB:DD.F)',
+      'line 8: devices[2].bdf: "0000:02:25.0" has device number 0x25 (a PCI device number is 00-1f)',
+      'line 9: devices[3].colour: not a profile field (expected one of bdf, role, name, notes)',
+      'line 9: devices[3].role: "nopasid" is not one of pasid, no-pasid, behind-bridge, binding-test',
+      'line 9: devices[3].bdf: 0000:01:00.0 is already devices[0]',
+      'line 10: allowGroupPeers[0]: 0000:01:00.0 is listed in devices already',
+      'line 10: allowGroupPeers[1]: "zz" is not a PCI address (DDDD:BB:DD.F)',
     ]);
   });
 
   it('reports missing fields, wrong types and unknown keys', () => {
     expect(problems('platform: vtd\ndevices: {}\nqemu: {riscv64: /x, x86_64: 3}\nkvm: true\n')).to.deep.equal([
-      'kvm: not a profile field (expected one of name, platform, qemu, accel, devices, allowGroupPeers)',
+      'line 4: kvm: not a profile field (expected one of name, platform, qemu, accel, devices, allowGroupPeers)',
       'name: undefined is not a non-empty name',
-      'qemu.riscv64: not an architecture (expected x86_64, aarch64)',
-      'qemu.x86_64: 3 is not a path',
-      'devices: {} is not a list (use [] for none)',
+      'line 3: qemu.riscv64: not an architecture (expected x86_64, aarch64)',
+      'line 3: qemu.x86_64: 3 is not a path',
+      'line 2: devices: {} is not a list (use [] for none)',
     ]);
     expect(problems('- just\n- a list\n')[0]).to.match(/^the profile must be a mapping/);
   });
@@ -131,4 +136,51 @@ allowGroupPeers: [0000:01:00.0, zz]
     expect(resolveProfilePath('/tmp/x.yaml')).to.equal('/tmp/x.yaml');
     expect(() => loadProfile('/nonexistent/lab.yaml')).to.throw(ProfileError, /^\/nonexistent\/lab\.yaml: cannot read the profile/);
   });
+
+  describe('bad files get a bounded answer naming the file and line', () => {
+    let dir: string;
+    before(() => (dir = mkdtempSync(join(tmpdir(), 'host-profile-'))));
+    after(() => rmSync(dir, { recursive: true, force: true }));
+    const loadError = (name: string, content: string | Buffer): ProfileError => {
+      const path = join(dir, name);
+      writeFileSync(path, content);
+      try {
+        loadProfile(path);
+      } catch (e) {
+        expect(e).to.be.instanceOf(ProfileError);
+        return e as ProfileError;
+      }
+      throw new Error('expected a ProfileError');
+    };
+
+    // Before: 50 MB with 1.34 M devices took Node to 4.3 GB and out of memory after 49 s.
+    it('refuses a profile over the size limit with its size, before parsing', () => {
+      const device = '  - { bdf: "0000:01:00.0", role: no-pasid }\n';
+      const big = `name: big\nplatform: vtd\ndevices:\n${device.repeat(Math.ceil((MAX_PROFILE_BYTES + 1) / device.length))}`;
+      const t = performance.now();
+      const err = loadError('big.yaml', big);
+      expect(performance.now() - t, 'ms').to.be.below(200);
+      expect(err.message).to.equal(`${join(dir, 'big.yaml')}: the profile is ${Buffer.byteLength(big)} bytes; the limit is ${MAX_PROFILE_BYTES} bytes (refused before parsing)`);
+      expect(() => parseProfile(big, 'text')).to.throw(ProfileError, 'text: the profile is');
+    });
+
+    // Before: "Excessive alias count indicates a resource exhaustion attack", no file, no line.
+    it('refuses a billion-laughs alias bomb naming the file and the line of the first alias', () => {
+      const laughs = ['name: lol', 'platform: vtd', 'a: &a [x, x, x, x, x, x, x, x, x]', 'b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]', 'c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]', 'devices: [*c, *c, *c, *c, *c, *c, *c, *c, *c]', ''].join('\n');
+      const err = loadError('lol.yaml', laughs);
+      expect(err.message).to.match(new RegExp(`^${join(dir, 'lol.yaml').replace(/[.]/g, '\\.')}: line 4: Excessive alias count`));
+      expect(err.message).to.include('a profile needs no aliases');
+    });
+
+    // Before: 64 KB of garbage came back whole in the message.
+    it('quotes at most a short excerpt of a garbage file', () => {
+      const garbage = Buffer.from(Array.from({ length: 64 << 10 }, (_, i) => 0x41 + ((i * 7) % 26)));
+      const err = loadError('garbage.yaml', garbage);
+      expect(err.message.length, err.message.slice(0, 300)).to.be.below(400);
+      expect(err.message).to.match(/got "AHOVCJQ[A-Z]+\.\.\. \(65538 characters\)$/);
+      const binary = loadError('binary.yaml', Buffer.from(Array.from({ length: 64 << 10 }, (_, i) => (i * 131) % 256)));
+      expect(binary.message.length, binary.message.slice(0, 300)).to.be.below(2000);
+    });
+  });
 });
+

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadProfile } from '../../harness/host/profile.js';
 import {
+  BINDING_TEST_DEVICES,
   DEFAULT_LAB_DEVICES,
   DEFAULT_VFIO_USER_DEVICES,
   l1Bdf,
@@ -21,9 +22,9 @@ import { VfioUserConfigError } from '../../harness/vfio-user/preflight.js';
 describe('virtual lab topology', () => {
   const image = { arch: 'x86_64', kernel: '/nonexistent/bzImage', initrd: '/nonexistent/initrd' } as never;
 
-  it('puts the vfio-user endpoints on the root ports after the emulated devices, where the profile expects them', () => {
+  it('puts the vfio-user endpoints, then the binding tests’ devices, on the root ports after the emulated devices, where the profile expects them', () => {
     const profile = loadProfile('virtual-lab');
-    const all = [...DEFAULT_LAB_DEVICES.map((d) => d.name), ...DEFAULT_VFIO_USER_DEVICES.map((d) => d.name)];
+    const all = [...DEFAULT_LAB_DEVICES.map((d) => d.name), ...DEFAULT_VFIO_USER_DEVICES.map((d) => d.name), ...BINDING_TEST_DEVICES.map((d) => d.name)];
     for (const d of profile.devices) {
       expect(all, `profile device ${d.name}`).to.include(d.name);
       expect(d.bdf, d.name).to.equal(l1Bdf(all.indexOf(d.name!)));
@@ -34,8 +35,15 @@ describe('virtual lab topology', () => {
   it('describes one root port per device, vfio-user specs after the lab devices, and reserves 2 MiB pages', () => {
     const vu = [{ driver: 'vfio-user-pci', id: 'lab-pasid-endpoint', bus: 'rp4', socket: { type: 'unix', path: '/x.sock' } }];
     const d = virtualLabDescription({ image, resultsDir: '/r' }, vu);
-    expect(d.devices!.filter((x) => x.driver === 'pcie-root-port')).to.have.length(5);
-    expect(d.devices!.map((x) => x.id ?? x.driver).slice(5, 10)).to.deep.equal(['lab-e1000e', 'lab-igb', 'lab-edu', 'lab-iommu-testdev', 'lab-pasid-endpoint']);
+    expect(d.devices!.filter((x) => x.driver === 'pcie-root-port')).to.have.length(8);
+    expect(d.devices!.map((x) => x.id ?? x.driver).slice(8, 16)).to.deep.equal([
+      'lab-e1000e', 'lab-igb', 'lab-edu', 'lab-iommu-testdev', 'lab-pasid-endpoint', 'lab-net-down', 'lab-net-up', 'lab-share',
+    ]);
+    expect(d.devices!.filter((x) => String(x.id).startsWith('lab-net') || x.id === 'lab-share').map((x) => x.bus)).to.deep.equal(['rp5', 'rp6', 'rp7']);
+    expect(d.extraArgs!.join(' ')).to.include(`local,id=labshare,path=${join(repoRoot, 'qemu-configs')},security_model=none,readonly=on`);
+    const without = virtualLabDescription({ image, resultsDir: '/r', bindingTestDevices: false }, vu);
+    expect(without.devices!.filter((x) => x.driver === 'pcie-root-port')).to.have.length(5);
+    expect(without.extraArgs).to.deep.equal([]);
     expect(d.append).to.include('hugepages=320');
     expect(virtualLabDescription({ image, resultsDir: '/r', hugepages: 0 }).append!.join(' ')).to.not.include('hugepages');
   });
