@@ -4,12 +4,12 @@
  * may take from the host, each with the role the scenarios expect of it.
  * Nothing outside `devices` is ever bound to vfio-pci (harness/host/vfio-bind.ts).
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
-import { parseDocument } from 'yaml';
 import type { Arch } from '../qemu/binary.js';
 import { repoRoot } from '../util/paths.js';
+import { excerpt, SourceLines, sizeProblem } from '../util/source-lines.js';
 
 export type Platform = 'vtd' | 'smmuv3';
 export type Accel = 'kvm' | 'tcg' | 'auto';
@@ -47,6 +47,13 @@ export interface HostProfile {
 }
 
 export const hostProfilesDir = join(repoRoot, 'qemu-configs', 'hosts');
+
+/**
+ * Largest profile read: a profile lists a lab's handful of devices (the
+ * shipped ones are under 2 KB). Past this it is refused before parsing; a
+ * 50 MB profile with 1.34 M devices took Node to 4.3 GB and out of memory.
+ */
+export const MAX_PROFILE_BYTES = 1 << 20;
 
 export class ProfileError extends Error {
   override name = 'ProfileError';
@@ -87,7 +94,8 @@ const DEVICE_KEYS = ['bdf', 'role', 'name', 'notes'] as const;
 const QEMU_ARCHES: readonly Arch[] = ['x86_64', 'aarch64'];
 
 const isMap = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
-const show = (v: unknown): string => JSON.stringify(v) ?? String(v);
+/** A value for an error message, cut short: a garbage file must not be echoed whole. */
+const show = (v: unknown): string => excerpt(JSON.stringify(v) ?? String(v));
 
 function oneOf<T extends string>(v: unknown, allowed: readonly T[], field: string, problems: string[]): T | undefined {
   if (typeof v === 'string' && (allowed as readonly string[]).includes(v)) return v as T;
@@ -187,17 +195,43 @@ export function validateProfile(doc: unknown, source = '<profile>', baseDir = pr
   return { name, platform: platform!, qemu, accel: accel!, devices, allowGroupPeers, source };
 }
 
-/** Parses YAML text; syntax errors name their line and column. */
+/**
+ * Parses YAML text; every problem names its line: syntax errors their line
+ * and column, schema problems the line of the field they name.
+ */
 export function parseProfile(text: string, source = '<profile>', baseDir = process.cwd()): HostProfile {
-  const doc = parseDocument(text);
+  const tooBig = sizeProblem(Buffer.byteLength(text), MAX_PROFILE_BYTES, 'the profile');
+  if (tooBig) throw new ProfileError(source, [tooBig]);
+  const src = SourceLines.parse(text);
+  const doc = src.doc;
   if (doc.errors.length) {
     throw new ProfileError(
       source,
       // prettyErrors appends " at line L, column C:" and a code frame; we lead with the position instead.
-      doc.errors.map((e) => `${e.linePos ? `line ${e.linePos[0].line}, column ${e.linePos[0].col}: ` : ''}${e.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '')}`),
+      doc.errors.map((e) => `${e.linePos ? `line ${e.linePos[0].line}, column ${e.linePos[0].col}: ` : ''}${excerpt(e.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, ''), 200)}`),
     );
   }
-  return validateProfile(doc.toJS(), source, baseDir);
+  let value: unknown;
+  try {
+    value = doc.toJS();
+  } catch (e) {
+    // The yaml library refuses aliases that expand past 100 nodes (a "billion laughs").
+    const line = src.firstAliasLine();
+    throw new ProfileError(source, [`${line ? `line ${line}: ` : ''}${(e as Error).message} (YAML aliases expand to too many nodes; a profile needs no aliases)`]);
+  }
+  try {
+    return validateProfile(value, source, baseDir);
+  } catch (e) {
+    if (!(e instanceof ProfileError)) throw e;
+    throw new ProfileError(
+      source,
+      e.problems.map((p) => {
+        const line = /^([\w.[\]-]+): /.exec(p)?.[1];
+        const at = line === undefined ? undefined : src.lineOf(line);
+        return at ? `line ${at}: ${p}` : p;
+      }),
+    );
+  }
 }
 
 /**
@@ -208,8 +242,11 @@ export function loadProfile(pathOrName: string): HostProfile {
   const path = resolveProfilePath(pathOrName);
   let text: string;
   try {
+    const tooBig = sizeProblem(statSync(path).size, MAX_PROFILE_BYTES, 'the profile');
+    if (tooBig) throw new ProfileError(path, [tooBig]);
     text = readFileSync(path, 'utf8');
   } catch (e) {
+    if (e instanceof ProfileError) throw e;
     throw new ProfileError(path, [`cannot read the profile: ${(e as Error).message}`]);
   }
   return parseProfile(text, path, dirname(path));
