@@ -145,14 +145,17 @@ export function useMachines(): MachineFixture {
     const fn = ((test.fn as TestFn | undefined)?.[ORIGINAL] ?? test.fn) as TestFn | undefined;
     if (!fn || fn.length > 0) return;
     const wrapped = async function (this: Mocha.Context): Promise<void> {
+      const started = Date.now();
       let failure: unknown;
       try {
         await fn.call(this);
       } catch (e) {
         failure = e;
       }
-      // The teardown gets its own deadline: quit, TERM and KILL take up to ~20 s.
-      this.timeout(30_000);
+      // The teardown gets its own 30 s on top of the time used so far (quit,
+      // TERM and KILL take up to ~20 s): mocha also fails a test whose whole
+      // duration exceeds its timeout at the end, so never set less than that.
+      this.timeout(Date.now() - started + 30_000);
       const problem = await f.end(turn);
       if (failure === undefined && problem) throw problem;
       if (problem && failure instanceof Error) failure.message += `\n${problem.message}`;
