@@ -1,8 +1,11 @@
 /**
  * What a synthetic PCIe endpoint looks like, as plain data. The device model
  * builds config space from it; `validateDeviceDescription` checks data that
- * came from outside (a JSON file, a test) and names the field that is wrong.
+ * came from outside (a JSON file, a test) and names the field that is wrong;
+ * `loadDeviceDescriptionFile` adds the file, its size limit and the line.
  */
+import { readFileSync, statSync } from 'node:fs';
+import { excerpt, SourceLines, sizeProblem } from '../util/source-lines.js';
 
 export interface BarDescription {
   /** BAR number 0-5; a 64-bit BAR also takes the next number. */
@@ -94,10 +97,55 @@ export class DeviceDescriptionError extends Error {
   override name = 'DeviceDescriptionError';
   constructor(
     readonly field: string,
-    detail: string,
-    deviceName?: string,
+    readonly detail: string,
+    readonly deviceName?: string,
+    /** The file and line, when the description came from one. */
+    readonly where?: { file: string; line?: number | undefined },
   ) {
-    super(`device description${deviceName ? ` "${deviceName}"` : ''}: ${field} ${detail}`);
+    const at = where ? `${where.file}${where.line ? `: line ${where.line}` : ''}: ` : '';
+    super(`${at}device description${deviceName ? ` "${deviceName}"` : ''}: ${field} ${detail}`);
+  }
+}
+
+/** Largest description file read: the built-in ones are under 1 KB as JSON. */
+export const MAX_DESCRIPTION_BYTES = 64 << 10;
+
+/**
+ * Reads and validates a JSON description file. It is refused before reading
+ * when over MAX_DESCRIPTION_BYTES; a syntax error names its line and column,
+ * a bad field its path and line.
+ */
+export function loadDeviceDescriptionFile(path: string): DeviceDescription {
+  const fail = (field: string, detail: string, line?: number): never => {
+    throw new DeviceDescriptionError(field, detail, undefined, { file: path, line });
+  };
+  let text = '';
+  try {
+    const tooBig = sizeProblem(statSync(path).size, MAX_DESCRIPTION_BYTES, 'the file');
+    if (tooBig) fail('(file)', tooBig);
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    if (e instanceof DeviceDescriptionError) throw e;
+    fail('(file)', `cannot be read: ${(e as Error).message}`);
+  }
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (e) {
+    // V8 names a position for some errors ("... at position N"), and the end
+    // of input for a truncated file; give those as a line and column.
+    const msg = (e as Error).message;
+    const pos = /end of JSON input/.test(msg) ? text.length : Number(/at position (\d+)/.exec(msg)?.[1] ?? NaN);
+    const before = Number.isFinite(pos) ? text.slice(0, pos) : '';
+    const line = before.split('\n').length;
+    const col = pos - before.lastIndexOf('\n');
+    fail('(file)', `is not JSON${Number.isFinite(pos) ? ` at column ${col}` : ''}: ${excerpt(msg.replace(/ at position \d+/, ''), 120)}`, Number.isFinite(pos) ? line : undefined);
+  }
+  try {
+    return validateDeviceDescription(data);
+  } catch (e) {
+    if (!(e instanceof DeviceDescriptionError)) throw e;
+    throw new DeviceDescriptionError(e.field, e.detail, e.deviceName, { file: path, line: SourceLines.parse(text).lineOf(e.field) });
   }
 }
 
@@ -108,8 +156,8 @@ type Obj = Record<string, unknown>;
  * errors too: a misspelt "pasdi" must not silently give a device without PASID.
  */
 export function validateDeviceDescription(value: unknown): DeviceDescription {
-  const d = object(value, '(root)');
-  const name = typeof d.name === 'string' ? d.name : undefined;
+  // Set once the root is known to be an object; `fail` may run before that.
+  let name: string | undefined;
   const fail = (field: string, detail: string): never => {
     throw new DeviceDescriptionError(field, detail, name);
   };
@@ -133,6 +181,8 @@ export function validateDeviceDescription(value: unknown): DeviceDescription {
     return v as Obj;
   }
 
+  const d = object(value, '(root)');
+  name = typeof d.name === 'string' ? d.name : undefined;
   only(d, '', ['name', 'vendorId', 'deviceId', 'subsystemVendorId', 'subsystemId', 'revision', 'classCode', 'bars', 'pm', 'msi', 'pcie', 'reset', 'pasid', 'ats', 'pri']);
   if (typeof d.name !== 'string' || !/^[a-z0-9][a-z0-9-]*$/.test(d.name)) fail('name', `must be lower-case letters, digits and dashes, got ${show(d.name)}`);
   const out: DeviceDescription = {
@@ -217,5 +267,5 @@ function hex(n: number): string {
 function show(v: unknown): string {
   if (v === undefined) return 'nothing';
   if (typeof v === 'number' && Number.isInteger(v) && v > 255) return `${v} (0x${v.toString(16)})`;
-  return JSON.stringify(v) ?? String(v);
+  return excerpt(JSON.stringify(v) ?? String(v));
 }

@@ -1,8 +1,8 @@
 import { expect } from 'chai';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DeviceDescriptionError, validateDeviceDescription, type DeviceDescription } from '../../harness/vfio-user/description.js';
+import { DeviceDescriptionError, MAX_DESCRIPTION_BYTES, validateDeviceDescription, type DeviceDescription } from '../../harness/vfio-user/description.js';
 import {
   CONFIG_SPACE_SIZE,
   CapId,
@@ -401,6 +401,24 @@ describe('vfio-user device model', () => {
       writeFileSync(join(dir, 'bad.json'), '{"name": ');
       expect(() => loadDeviceDescription(join(dir, 'bad.json'))).to.throw(/bad\.json/);
       expect(() => loadDeviceDescription('no-such-device')).to.throw(/no built-in device description "no-such-device" \(known: pasid-endpoint/);
+    });
+
+    it('refuses a description file over 64 KiB with its size, and names the line of a bad field or a syntax error', () => {
+      const dir = mkdtempSync(join(tmpdir(), 'vfio-user-desc-'));
+      const big = join(dir, 'big.json');
+      const bigText = JSON.stringify({ ...plainEndpoint, name: 'big', pad: 'x'.repeat(MAX_DESCRIPTION_BYTES) });
+      writeFileSync(big, bigText);
+      expect(() => loadDeviceDescription(big)).to.throw(DeviceDescriptionError, `${big}: device description: (file) the file is ${bigText.length} bytes; the limit is ${MAX_DESCRIPTION_BYTES} bytes (refused before parsing)`);
+      const bad = join(dir, 'bad.json');
+      writeFileSync(bad, JSON.stringify({ ...plainEndpoint, name: 'bad', bars: [{ index: 0, size: 0x4000 }, { index: 2, size: 1000 }] }, null, 2));
+      expect(() => loadDeviceDescription(bad)).to.throw(DeviceDescriptionError, `${bad}: line 16: device description "bad": bars[1].size must be a power of two, got 1000`);
+      const cut = join(dir, 'cut.json');
+      writeFileSync(cut, '{\n  "name": "x",\n  "bars": [');
+      expect(() => loadDeviceDescription(cut)).to.throw(DeviceDescriptionError, `${cut}: line 3: device description: (file) is not JSON at column 12: Unexpected end of JSON input`);
+      const garbage = join(dir, 'garbage.json');
+      writeFileSync(garbage, '"' + 'A'.repeat(60_000) + '"');
+      expect(() => loadDeviceDescription(garbage)).to.throw(DeviceDescriptionError, /\(root\) must be an object, got "A+\.\.\. \(60002 characters\)$/);
+      rmSync(dir, { recursive: true, force: true });
     });
   });
 });

@@ -1,5 +1,4 @@
-import { readFileSync } from 'node:fs';
-import { validateDeviceDescription, type DeviceDescription } from '../description.js';
+import { loadDeviceDescriptionFile, validateDeviceDescription, type DeviceDescription } from '../description.js';
 import { pasidEndpoint } from './pasid-endpoint.js';
 import { pasidNoTlpPrefix } from './pasid-no-tlp-prefix.js';
 import { plainEndpoint } from './plain-endpoint.js';
@@ -16,15 +15,7 @@ export const deviceDescriptions: Readonly<Record<string, DeviceDescription>> = O
  * slash or ending in .json), validated either way.
  */
 export function loadDeviceDescription(nameOrPath: string): DeviceDescription {
-  if (nameOrPath.includes('/') || nameOrPath.endsWith('.json')) {
-    let data: unknown;
-    try {
-      data = JSON.parse(readFileSync(nameOrPath, 'utf8'));
-    } catch (e) {
-      throw new Error(`device description file ${nameOrPath}: ${(e as Error).message}`);
-    }
-    return validateDeviceDescription(data);
-  }
+  if (nameOrPath.includes('/') || nameOrPath.endsWith('.json')) return loadDeviceDescriptionFile(nameOrPath);
   const d = deviceDescriptions[nameOrPath];
   if (!d) throw new Error(`no built-in device description "${nameOrPath}" (known: ${Object.keys(deviceDescriptions).join(', ')})`);
   return validateDeviceDescription(d);
