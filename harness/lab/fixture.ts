@@ -80,7 +80,10 @@ export class LabFixture {
     } catch (e) {
       if (!(e instanceof LaunchError)) throw e;
       const formats = await formatsFor((await probeL2(spec.config.arch)).binary.traceEventsAll);
-      return { model: await iommufdModelOf(join(e.artifactsDir, 'trace.log'), formats, this.kernel()), error: e };
+      const model = await iommufdModelOf(join(e.artifactsDir, 'trace.log'), formats, this.kernel());
+      // QEMU's own error names the errno and the realize check (the trace has -1 and no text).
+      model.addQemuMessages(e.stderr);
+      return { model, error: e };
     }
   }
 

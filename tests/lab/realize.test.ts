@@ -1,12 +1,13 @@
 import * as chai from 'chai';
 import { expect } from 'chai';
 import { useLabHost, type LabFixture } from '../../harness/lab/fixture.js';
-import { oracleViommu, type L2Spec } from '../../harness/lab/l2.js';
+import { oracleViommu, spareRootPort, vfioPciDevice, type L2Spec } from '../../harness/lab/l2.js';
+import { QmpCommandError } from '../../harness/qmp/errors.js';
 import { LaunchError } from '../../harness/qemu/machine.js';
 import { skipBecause } from '../../harness/report/skip.js';
 import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
 import { formatHwptFlags } from '../../harness/trace/flags.js';
-import { expectHwpt } from '../../harness/trace/oracle.js';
+import { expectHwpt, expectRealizeFailureAfterAlloc } from '../../harness/trace/oracle.js';
 import { loadConfig, type ViommuConfig } from '../../harness/viommu/configs.js';
 
 chai.use(iommufdAssertions);
@@ -15,9 +16,9 @@ chai.use(iommufdAssertions);
  * Realize errors that QEMU's binary names (facts §2, "[strings]") but that
  * only a host with a real IOMMU and a device on vfio-pci can trigger: each is
  * triggered here for real. intel-iommu runs these checks from
- * pci_device_set_iommu_device, after the device attached to its HWPT, so a
- * refused realize must leave detach and free lines behind and nothing
- * allocated. Where the kernel refuses QEMU's HWPT first (the emulated VT-d
+ * pci_device_set_iommu_device, after the device attached to its HWPT: a
+ * refused hot-plug must leave detach and free lines behind and nothing
+ * allocated; a refused cold-plug ends QEMU (exit 1) with no frees traced. Where the kernel refuses QEMU's HWPT first (the emulated VT-d
  * has no nesting parent for fsts=on), the test says so and asserts that
  * refusal and the frees instead.
  */
@@ -51,21 +52,39 @@ describe('realize errors triggered on a real IOMMU', function () {
     expect(model).to.have.freedEverything();
   });
 
-  it('vfio-pci under intel-iommu without caching-mode: refused after the HWPT was allocated and attached, then detached and freed', async function () {
+  it('vfio-pci cold-plugged under intel-iommu without caching-mode: refused after the HWPT was allocated and attached; QEMU exits 1 (no frees traced: the kernel reclaims at exit)', async function () {
     const dev = lab.host.device(this, 'no-pasid');
     const config = loadConfig('intel-iommu-legacy');
     lab.requireConfig(this, config);
     const d = await direct(this, config, dev.cdev);
     const { error, model } = await refused(lab, { config, devices: [{ bdf: dev.bdf, id: 'hostdev0' }] });
     expect(model).to.have.requestedHwpt({ flags: d.flags, ptKind: 'ioas' });
-    expect(model).to.have.freedEverything();
     if (!d.answer.ok) {
       expect(error.stderr).to.include('Failed to allocate hwpt');
+      expect(model).to.have.freedEverything();
       skipBecause(this, `the kernel refuses ${formatHwptFlags(d.flags)} for ${dev.bdf} (${d.answer.errno}, asked directly), before QEMU checks caching-mode (that refusal and the frees were asserted)`);
     }
     expect(error.stderr).to.include('Device assignment is not allowed without enabling caching-mode=on for Intel IOMMU');
-    expect(model).to.have.allocatedHwpt({ flags: d.flags, ptKind: 'ioas' });
-    expect(model.detaches.length + model.frees.length, 'detach or free lines after the refused realize').to.be.greaterThan(0);
+    expect(error.exit?.code, 'QEMU exits 1').to.equal(1);
+    expect(model).to.have.realizeFailedAfterAlloc(expectRealizeFailureAfterAlloc({ hotplug: false }), { devId: model.devIdOf(dev.bdf)! });
+  });
+
+  it('vfio-pci hot-plugged under intel-iommu without caching-mode: device_add fails naming caching-mode, after the alloc and attach; detached, HWPT and IOAS freed', async function () {
+    const dev = lab.host.device(this, 'no-pasid');
+    const config = loadConfig('intel-iommu-legacy');
+    lab.requireConfig(this, config);
+    const d = await direct(this, config, dev.cdev);
+    if (!d.answer.ok) skipBecause(this, `the kernel refuses ${formatHwptFlags(d.flags)} for ${dev.bdf} (${d.answer.errno}, asked directly): the caching-mode check is never reached`);
+    const spec: L2Spec = { config, spareRootPorts: 1 };
+    const m = await lab.launchL2(spec);
+    const err = await m.qmp.deviceAdd(vfioPciDevice({ bdf: dev.bdf, id: 'hp0' }, spareRootPort(spec)) as never).catch((e: unknown) => e);
+    expect(err).to.be.instanceOf(QmpCommandError);
+    const desc = (err as QmpCommandError).desc;
+    expect(desc).to.include('Device assignment is not allowed without enabling caching-mode=on for Intel IOMMU');
+    const model = await lab.model(m);
+    model.addQemuMessages(desc, 'qmp');
+    expect(model).to.have.realizeFailedAfterAlloc(expectRealizeFailureAfterAlloc({ hotplug: true }), { devId: model.devIdOf(dev.bdf)! });
+    expect(model).to.have.freedEverything();
   });
 
   it('intel-iommu fsts=on with more PASID bits than the host IOMMU: “PASID bits size N > host IOMMU PASID bits size M” (or the kernel’s refusal first)', async function () {

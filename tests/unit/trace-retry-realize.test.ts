@@ -1,3 +1,6 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { repoRoot } from '../../harness/util/paths.js';
 // Two behaviours of QEMU's vfio/iommufd code no capture here shows yet, modelled from the source
 // (hw/vfio/iommufd.c iommufd_cdev_attach, hw/vfio/pci.c vfio_pci_realize) and tested on traces
 // built from real 11.1.3 line formats (tests/fixtures/trace/l1/*.log: same fds, ids, names).
@@ -162,14 +165,21 @@ describe('a realize failing after the alloc', function () {
     expect(hot.explanation).to.include('detaches pasid 0, frees its HWPT, frees its IOAS');
   });
 
-  it('without the frees it fails, listing what is left; a cold-plug expects the same lines', function () {
+  it('without the frees a hot-plug fails, listing what is left; a cold-plug with them fails too', function () {
     const leaky = textModel(bridgeHotplug.replace(/^iommufd_backend_free_id.*\n/gm, ''));
     const msg = failure(() => expect(leaky).to.have.realizeFailedAfterAlloc(hot));
     expect(msg).to.include('still live: ioas 2 (L4), hwpt 3 (L6)');
     expect(failure(() => expect(leaky).to.have.freedEverything())).to.include('2 still live');
-    // -device takes the same path (qdev_device_add_from_qdict's err_del_dev): the same lines.
-    expect(textModel(bridgeHotplug)).to.have.realizeFailedAfterAlloc(cold);
-    expect(cold.explanation).to.include('before QEMU exits 1');
+    // A cold-plug expects no frees: with them it fails, naming what it found.
+    expect(failure(() => expect(textModel(bridgeHotplug)).to.have.realizeFailedAfterAlloc(cold))).to.include('a detach at L').and.include('QEMU exits 1');
+  });
+
+  it('cold-plug (real 11.1.3 capture, no caching-mode): allocated and attached, then QEMU exits 1 with nothing detached or freed in its trace', function () {
+    const m = fixtureModel('l1/vtd-no-caching-mode-cold-plug-refused.log');
+    m.addQemuMessages(readFileSync(join(repoRoot, 'tests', 'fixtures', 'trace', 'l1', 'vtd-no-caching-mode-cold-plug-refused.stderr'), 'utf8'));
+    expect(m.qemuMessages.map((q) => q.realizeCheck)).to.include('caching-mode');
+    expect(m).to.have.realizeFailedAfterAlloc(cold);
+    expect(m.liveObjects().map((o) => `${o.kind} ${o.id}`)).to.deep.equal(['ioas 2', 'hwpt 3']);
   });
 
   it('a failure at the alloc itself is not one after it; messages without a known check are named', function () {
