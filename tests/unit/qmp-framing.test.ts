@@ -106,5 +106,14 @@ describe('QMP framing', () => {
     s.push(Buffer.from('{"return": {"half'));
     expect(s.buffered).to.equal('{"return": {"half'.length);
   });
+
+  // Before: a reply nested 40,000 deep parsed, and the first JSON.stringify
+  // of it (in an error message) threw a RangeError that no caller expected.
+  it('refuses nesting deeper than QEMU accepts (1024), arrays and objects alike', () => {
+    expect(split([`{"return": ${'['.repeat(1023)}${']'.repeat(1023)}, "id": "h1"}`])).to.have.length(1);
+    expect(() => split([`{"return": ${'['.repeat(1024)}${']'.repeat(1024)}}`])).to.throw(QmpProtocolError, 'nests objects and arrays deeper than 1024 levels');
+    expect(() => split(['{"a":'.repeat(2000)])).to.throw(QmpProtocolError, 'deeper than 1024');
+    expect(split([`{"return": "${'['.repeat(5000)}", "id": "h1"}`]), 'brackets inside strings do not count').to.have.length(1);
+  });
 });
 

@@ -1,9 +1,10 @@
 import { expect } from 'chai';
-import { mkdtempSync, readdirSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, statSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { QmpClient } from '../../harness/qmp/client.js';
+import { UnixListener } from '../../harness/qmp/transport.js';
 import { QmpDisconnectedError, QmpMessageTooLargeError, QmpNegotiationError, QmpProtocolError } from '../../harness/qmp/errors.js';
 import { DeadlineError } from '../../harness/util/deadline.js';
 
@@ -179,6 +180,23 @@ describe('QMP protocol against misbehaving peers', () => {
     const late = await all.next(50).catch((e: unknown) => e);
     expect(late).to.be.instanceOf(DeadlineError);
     expect(String(late)).to.include('this listener dropped 150 event(s), oldest first: more than 100 were left unread');
+  });
+
+  // Before: bind made the socket with the process umask (0777 under umask 0) and a chmod followed.
+  it('a UnixListener socket is 0600 from its creation whatever the umask, and only in a private directory', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'qmp-listen-'));
+    const old = process.umask(0);
+    try {
+      const l = await UnixListener.create(join(dir, 'q.sock'));
+      expect(statSync(l.path).mode & 0o777).to.equal(0o600);
+      await l.close();
+    } finally {
+      process.umask(old);
+    }
+    mkdirSync(join(dir, 'open'));
+    chmodSync(join(dir, 'open'), 0o755);
+    const err = await UnixListener.create(join(dir, 'open', 'q.sock')).catch((e: Error) => e);
+    expect(String(err)).to.include(`QMP listener: socket directory ${join(dir, 'open')} has mode 0755`);
   });
 });
 
