@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Agent } from '../guest/agent.js';
 import { bootGuest, DEFAULT_INTEL_IOMMU, guestDescription, type BootedGuest, type GuestOptions } from '../guest/boot.js';
@@ -10,6 +10,7 @@ import type { TestResult } from '../report/junit.js';
 import { cacheDir, repoRoot } from '../util/paths.js';
 import { shellQuote } from '../util/shell.js';
 import { VfioUserDevices } from '../vfio-user/attach.js';
+import { followJsonLines } from './l1-results.js';
 import type { DeviceDescription } from '../vfio-user/description.js';
 import { checkVfioUserNeedsCachingMode } from '../vfio-user/preflight.js';
 
@@ -205,6 +206,8 @@ export interface SuiteRunOptions {
   /** L1's `harness run --repeat`. */
   repeat?: number;
   env?: Record<string, string>;
+  /** Each L1 result as soon as L1 has written it (artifact paths already L0's). */
+  onResult?: (r: TestResult) => void;
 }
 
 export interface SuiteRun {
@@ -290,6 +293,7 @@ export class VirtualLab {
       HARNESS_ARTIFACTS: `${L1_RESULTS_MOUNT}/artifacts`,
       HARNESS_JUNIT: `${L1_RESULTS_MOUNT}/junit.xml`,
       HARNESS_RESULTS_JSON: `${L1_RESULTS_MOUNT}/results.json`,
+      HARNESS_RESULTS_JSONL: `${L1_RESULTS_MOUNT}/results.jsonl`,
       HARNESS_HOST_PROFILE: join(repoRoot, 'qemu-configs', 'hosts', 'virtual-lab.yaml'),
       HARNESS_VIRTUAL_LAB: '1',
       // L1's root (and so the cache) is read-only; its /run is tmpfs.
@@ -305,12 +309,27 @@ export class VirtualLab {
       `cd ${shellQuote(repoRoot)} && exec env -i ${Object.entries(env).map(([k, v]) => shellQuote(`${k}=${v}`)).join(' ')} ` +
       `node --enable-source-maps dist/harness/cli.js run ${args.map(shellQuote).join(' ')}`;
     const t0 = Date.now();
-    const r = await this.agent.run(cmd, { timeoutMs: opts.timeoutMs ?? 20 * 60_000 });
+    const toL0 = (x: TestResult): TestResult => (x.artifactsDir ? { ...x, artifactsDir: this.l0Path(x.artifactsDir) } : x);
+    // L1 appends each result as it finishes; they reach the caller live, and they are
+    // what is left of a run that crashed before writing results.json.
+    const jsonl = join(this.options.resultsDir, 'results.jsonl');
+    rmSync(jsonl, { force: true });
+    const streamed: TestResult[] = [];
+    const follow = followJsonLines(jsonl, (v) => {
+      const x = toL0(v as TestResult);
+      streamed.push(x);
+      opts.onResult?.(x);
+    });
+    let r: Awaited<ReturnType<Agent['run']>>;
+    try {
+      r = await this.agent.run(cmd, { timeoutMs: opts.timeoutMs ?? 20 * 60_000 });
+    } finally {
+      follow.stop();
+    }
     const output = r.stdout + (r.stderr ? `\n--- stderr ---\n${r.stderr}` : '');
     writeFileSync(join(this.options.resultsDir, 'l1-run.log'), output);
     const file = join(this.options.resultsDir, 'results.json');
-    const results: TestResult[] = existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as TestResult[]) : [];
-    for (const x of results) if (x.artifactsDir) x.artifactsDir = this.l0Path(x.artifactsDir);
+    const results: TestResult[] = existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as TestResult[]).map(toL0) : streamed;
     return { status: r.status, results, output, durationMs: Date.now() - t0 };
   }
 }

@@ -1,4 +1,4 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import Mocha from 'mocha';
 import { artifactsRoot, runArtifactsDir } from '../util/paths.js';
@@ -21,7 +21,8 @@ function suitePath(t: Mocha.Runnable): string {
 /**
  * Mocha's spec output, plus: skips counted apart and grouped by reason, the
  * artifacts folder of every failed test, JUnit XML (HARNESS_JUNIT, or
- * artifacts/junit.xml; HARNESS_RESULTS_JSON for JSON), and the plain closing line "N passed, N failed, N skipped".
+ * artifacts/junit.xml; results.json in the run's folder and at HARNESS_RESULTS_JSON; one JSON
+ * line per result as it finishes at HARNESS_RESULTS_JSONL), and the closing line "N passed, N failed, N skipped".
  */
 export default class HarnessReporter extends Mocha.reporters.Spec {
   readonly results: TestResult[] = [];
@@ -35,6 +36,9 @@ export default class HarnessReporter extends Mocha.reporters.Spec {
       if (t.artifactsDir) r.artifactsDir = t.artifactsDir;
       if (t.file) r.file = t.file;
       this.results.push(r);
+      // One JSON line per result as it finishes: L0 follows L1's (the virtual lab) live, and
+      // what was written stays readable after a crash that never reaches the end of the run.
+      if (process.env.HARNESS_RESULTS_JSONL) appendFileSync(process.env.HARNESS_RESULTS_JSONL, `${JSON.stringify(r)}\n`);
     };
     runner.on(Mocha.Runner.constants.EVENT_TEST_PASS, (t: T) => add(t, 'passed'));
     runner.on(Mocha.Runner.constants.EVENT_TEST_FAIL, (t: T, err: Error) => {

@@ -38,8 +38,9 @@ describe('virtual lab (L1 under TCG, emulated VT-d)', function () {
   this.timeout(30 * 60_000);
   const machines = useSuiteMachines();
   let lab: VirtualLab | undefined;
-  let run: SuiteRun | undefined;
-  let l1: L1Results | undefined;
+  /** L1's results as they come; each L1 test below waits for its own. */
+  const l1 = new L1Results(expected);
+  let run: Promise<SuiteRun> | undefined;
 
   before(async function () {
     await requireQemu(this, 'x86_64');
@@ -58,25 +59,30 @@ describe('virtual lab (L1 under TCG, emulated VT-d)', function () {
     if (!wantsRun) return;
     const subset = selectedL1.size > 0 && selectedL1.size < expected.length;
     const repeat = Number(process.env.HARNESS_REPEAT ?? 1);
-    run = await lab.runSuites(L1_SUITES, {
+    // Not awaited: L1's suites run while the tests below report each result as it arrives.
+    run = lab.runSuites(L1_SUITES, {
       ...(subset ? { grep: exactTitles(expected.filter((l) => selectedL1.has(testKey(l))).map(fullTitle)) } : {}),
       ...(repeat > 1 ? { repeat } : {}),
+      onResult: (r) => l1.add(r),
     });
-    l1 = new L1Results(expected, run);
-    // Results L0's list did not expect still show (L0 and L1 saw different suite files).
-    for (const r of l1.unexpected()) suite.addTest(l1Test(`${L1_PREFIX}${r.suite} › ${r.title} (not in L0's list of L1's tests)`));
+    run.then(
+      (x) => l1.finish(x),
+      (e: Error) => l1.finish({ status: -1, results: [], error: e.message }),
+    );
   });
 
-  // L1 first, then its vfio-user servers (QEMU aborts if a server goes first).
+  // L1's run ends on its own first (its cleanup, results.json, l1-run.log: runSuites bounds it);
+  // then L1, then its vfio-user servers (QEMU aborts if a server goes first).
   after(async function () {
-    this.timeout(60_000);
+    this.timeout(25 * 60_000);
+    await run?.catch(() => {});
     await lab?.stop();
   });
 
   it('boots L1 and reaches its agent', function () {
     expect(lab, 'L1').to.not.equal(undefined);
     expect(lab!.guest.agentReadyMs).to.be.a('number');
-    console.log(`      L1 agent ready after ${lab!.guest.agentReadyMs} ms${run ? `; L1 suite run ${run.durationMs} ms` : ''}`);
+    console.log(`      L1 agent ready after ${lab!.guest.agentReadyMs} ms`);
   });
 
   it('serves L1 its synthetic vfio-user endpoints: each handshook with L0 QEMU', function () {
@@ -88,21 +94,13 @@ describe('virtual lab (L1 under TCG, emulated VT-d)', function () {
     expect(lab!.vfioUser.devices.map((d) => d.id)).to.include('lab-pasid-endpoint');
   });
 
-  it('runs the lab suites inside L1: its exit status agrees with its results, and every result was expected', function () {
-    if (listError) throw new Error(`could not list L1's tests (harness run --list --suite ${L1_SUITES.join(' --suite ')}): ${listError.message}`);
-    expect(run!.results.length, `no results from L1; its output:\n${run!.output.slice(-3000)}`).to.be.greaterThan(0);
-    const problem = l1!.statusProblem();
-    expect(problem, `${problem}; L1's output:\n${run!.output.slice(-3000)}`).to.equal(undefined);
-    expect(l1!.unexpected().map((r) => `${r.suite} › ${r.title}`), "results L0's list of L1's tests did not have").to.deep.equal([]);
-  });
-
   for (const l of expected) this.addTest(l1Test(`${L1_PREFIX}${testKey(l)}`));
 
-  /** One test L1 should run, judged by L1's result (looked up by title, so --repeat copies find theirs). */
+  /** One test L1 should run, judged by L1's result as soon as L1 has it (looked up by title, so --repeat copies find theirs). */
   function l1Test(title: string): Mocha.Test {
-    return new Mocha.Test(title, function (this: Mocha.Context) {
-      if (!l1) throw new Error(`L1's suites did not run${run ? '' : ' (the virtual lab ran none of its L1 tests)'}`);
-      const r: TestResult | undefined = l1.resultFor(this.test!.title.replace(/ \(not in L0's list of L1's tests\)$/, ''));
+    return new Mocha.Test(title, async function (this: Mocha.Context) {
+      if (!run) throw new Error("L1's suites did not run");
+      const r: TestResult | undefined = await l1.result(this.test!.title);
       if (!r) throw new Error(l1.missingReason(this.test!.title));
       if (r.artifactsDir) (this.test as Mocha.Test & WithArtifacts).artifactsDir = r.artifactsDir;
       if (r.state === 'skipped') skipBecause(this, r.skipReason ?? 'skipped in L1');
@@ -113,4 +111,17 @@ describe('virtual lab (L1 under TCG, emulated VT-d)', function () {
       }
     });
   }
+
+  it('runs the lab suites inside L1: its exit status agrees with its results, and every result was expected', async function () {
+    if (listError) throw new Error(`could not list L1's tests (harness run --list --suite ${L1_SUITES.join(' --suite ')}): ${listError.message}`);
+    expect(run, "L1's suites did not run").to.not.equal(undefined);
+    const r = await run!.catch((e: Error) => e);
+    if (r instanceof Error) throw new Error(`L1's harness run did not finish: ${r.message}`);
+    console.log(`      L1 suite run ${r.durationMs} ms, ${r.results.length} results`);
+    expect(r.results.length, `no results from L1; its output:\n${r.output.slice(-3000)}`).to.be.greaterThan(0);
+    const problem = l1.statusProblem();
+    expect(problem, `${problem}; L1's output:\n${r.output.slice(-3000)}`).to.equal(undefined);
+    expect(l1.unexpected().map((x) => `${x.suite} › ${x.title}: ${x.state}`), "results L0's list of L1's tests did not have").to.deep.equal([]);
+  });
 });
+
