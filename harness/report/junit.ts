@@ -1,3 +1,5 @@
+import { junitTestcaseExtras } from './html/junit-extras.js';
+
 /** One finished test, as the reporters see it. */
 export interface TestResult {
   suite: string;
@@ -30,7 +32,8 @@ export function junitXml(results: readonly TestResult[], name = 'viommu-harness'
     out.push(`  <testsuite name="${xmlEscape(suite)}" tests="${rs.length}" failures="${count(rs, 'failed')}" skipped="${count(rs, 'skipped')}" time="${secs(rs)}">`);
     for (const r of rs) {
       const head = `    <testcase classname="${xmlEscape(suite)}" name="${xmlEscape(r.title)}" time="${(r.durationMs / 1000).toFixed(3)}"`;
-      const artifacts = r.artifactsDir ? `\n      <system-out>artifacts: ${xmlEscape(r.artifactsDir)}</system-out>` : '';
+      // Properties and [[ATTACHMENT|...]] lines for CI systems: harness/report/html/junit-extras.ts.
+      const artifacts = junitTestcaseExtras(r);
       if (r.state === 'passed') out.push(`${head}>${artifacts}${artifacts ? '\n    ' : ''}</testcase>`);
       else if (r.state === 'skipped')
         out.push(`${head}>\n      <skipped message="${xmlEscape(r.skipReason ?? 'skipped')}"/>${artifacts}\n    </testcase>`);
