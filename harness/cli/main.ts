@@ -21,6 +21,7 @@ const COMMANDS: CommandEntry[] = [
   { words: ['trace', 'decode'], summary: 'QEMU log-backend trace lines as records', load: async () => (await import('../trace/decode-cli.js')).traceDecode },
   { words: ['doctor'], summary: 'what this host offers the scenario suites, and each prerequisite with its reason', load: async () => (await import('./doctor.js')).doctorCommand },
   { words: ['repro'], summary: 'reproducers of the defects the harness found in QEMU or the kernel', load: async () => (await import('./repro.js')).reproCommand },
+  { words: ['report'], summary: "a run folder's HTML report: failures first, per-test iommufd timeline", load: async () => (await import('./report.js')).reportCommand },
 ];
 
 export const usage = `usage: harness <command> [options]   (harness <command> --help for its options)

@@ -1,0 +1,41 @@
+/**
+ * `harness report [RUN_DIR]`: the HTML report of a run folder (default
+ * artifacts/latest), with each test's model.json and failure.txt; prints the
+ * page's path. Opens from disk: no server, nothing fetched.
+ */
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { buildRunReport } from '../report/html/index.js';
+import { artifactsRoot } from '../util/paths.js';
+import { EXIT, runCommandSpec, str, UsageError, type CommandSpec, type Io, type Parsed } from './options.js';
+
+export const REPORT: CommandSpec = {
+  name: 'report',
+  positionals: ['RUN_DIR'],
+  minPositionals: 0,
+  summary:
+    "Builds RUN_DIR/report.html (default: $HARNESS_ARTIFACTS/latest, else artifacts/latest): the run's summary, failures first, and per test a timeline of QMP, QEMU's iommufd trace, the kernel's answers and the console on one time axis, with the oracle's flags beside each request, L1's tests of a virtual-lab run included. Writes each test's model.json and failure.txt beside its artifacts.",
+  options: {
+    'trace-events': { type: 'string', value: 'FILE', help: "parse every trace with this trace-events-all (default: the one beside the binary each cmdline.txt names, else the reference QEMU's)" },
+  },
+  epilogue: `exit status:
+  0    the report was written (whatever the run's tests did)
+  1    the folder could not be read
+  128  bad usage: unknown option, stray argument, RUN_DIR not a folder`,
+};
+
+export function reportCommand(args: string[], io: Io = process): Promise<number> {
+  return runCommandSpec(REPORT, args, report, io);
+}
+
+function report({ values, positionals }: Parsed, io: Io): number {
+  const dir = resolve(positionals[0] ?? join(artifactsRoot(), 'latest'));
+  if (!existsSync(dir)) throw new UsageError(`run folder ${dir} does not exist${positionals[0] ? '' : ' (no run yet?)'}`, false);
+  const traceEvents = str(values, 'trace-events');
+  if (traceEvents && !existsSync(traceEvents)) throw new UsageError(`--trace-events ${traceEvents}: no such file`, false);
+  const { path, run } = buildRunReport(dir, traceEvents ? { traceEvents: () => resolve(traceEvents) } : {});
+  const n = (s: string) => run.results.filter((r) => r.state === s).length;
+  io.stdout.write(`${path}\n`);
+  io.stderr.write(`harness report: ${n('passed')} passed, ${n('failed')} failed, ${n('skipped')} skipped in ${dir}\n`);
+  return EXIT.ok;
+}
