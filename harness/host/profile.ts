@@ -50,10 +50,11 @@ export const hostProfilesDir = join(repoRoot, 'qemu-configs', 'hosts');
 
 /**
  * Largest profile read: a profile lists a lab's handful of devices (the
- * shipped ones are under 2 KB). Past this it is refused before parsing; a
- * 50 MB profile with 1.34 M devices took Node to 4.3 GB and out of memory.
+ * shipped ones are under 2 KB; 256 KiB is about 5,000). Past this it is
+ * refused before parsing: a 50 MB profile with 1.34 M devices took Node to
+ * 4.3 GB and out of memory, and the YAML parser needs about 3 s per MB here.
  */
-export const MAX_PROFILE_BYTES = 1 << 20;
+export const MAX_PROFILE_BYTES = 256 << 10;
 
 export class ProfileError extends Error {
   override name = 'ProfileError';
@@ -61,7 +62,9 @@ export class ProfileError extends Error {
     readonly source: string,
     readonly problems: string[],
   ) {
-    super(`${source}: ${problems.length === 1 ? problems[0] : `${problems.length} problems:\n  ${problems.join('\n  ')}`}`);
+    // The message lists the first 20; `problems` keeps them all.
+    const shown = problems.length > 20 ? [...problems.slice(0, 20), `... and ${problems.length - 20} more`] : problems;
+    super(`${source}: ${problems.length === 1 ? problems[0] : `${problems.length} problems:\n  ${shown.join('\n  ')}`}`);
   }
 }
 

@@ -164,6 +164,15 @@ allowGroupPeers: [0000:01:00.0, zz]
       expect(() => parseProfile(big, 'text')).to.throw(ProfileError, 'text: the profile is');
     });
 
+    it('lists at most 20 problems in the message, all of them in problems', function () {
+      this.timeout(20_000);
+      const device = '  - { bdf: "0000:01:00.0", role: no-pasid }\n';
+      const err = loadError('many.yaml', `name: many\nplatform: vtd\ndevices:\n${device.repeat(4000)}`);
+      expect(err.problems).to.have.length(3999);
+      expect(err.message.split('\n')).to.have.length(22);
+      expect(err.message).to.match(/3999 problems:\n  line 5: devices\[1\]\.bdf: 0000:01:00\.0 is already devices\[0\]\n[^]*\n  \.\.\. and 3979 more$/);
+    });
+
     // Before: "Excessive alias count indicates a resource exhaustion attack", no file, no line.
     it('refuses a billion-laughs alias bomb naming the file and the line of the first alias', () => {
       const laughs = ['name: lol', 'platform: vtd', 'a: &a [x, x, x, x, x, x, x, x, x]', 'b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]', 'c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]', 'devices: [*c, *c, *c, *c, *c, *c, *c, *c, *c]', ''].join('\n');
