@@ -1,4 +1,6 @@
+import { execa } from 'execa';
 import type { QmpClient } from '../qmp/client.js';
+import type { QemuBinary } from './binary.js';
 
 /**
  * What one QEMU binary offers beyond its vIOMMU properties, read from the
@@ -8,7 +10,12 @@ import type { QmpClient } from '../qmp/client.js';
  * accelerator, no monitor-qmp object and no `-run-with exit-with-parent`.
  */
 export interface QemuFeatures {
-  /** Concrete device types (`-device` drivers). */
+  /**
+   * Devices `-device` takes (user-creatable, names and aliases, from
+   * `-device help`). QOM knows more: 10.0's arm-smmuv3 answers
+   * device-list-properties yet is refused by -device ("expects a pluggable
+   * device type"); it comes only with `-machine virt,iommu=smmuv3`.
+   */
   devices: ReadonlySet<string>;
   /** Accelerators by their `-accel` name (tcg, kvm, qtest, ...). */
   accels: ReadonlySet<string>;
@@ -36,11 +43,15 @@ interface CommandLineOptionInfo {
   parameters: Array<{ name: string }>;
 }
 
-/** Asks a running QEMU (the probe's `-machine none` instance) what it offers. */
-export async function readFeatures(qmp: QmpClient): Promise<QemuFeatures> {
+/**
+ * Asks a running QEMU (the probe's `-machine none` instance) what it offers,
+ * and the binary itself which devices -device takes (QMP has no
+ * user-creatable flag).
+ */
+export async function readFeatures(qmp: QmpClient, bin: QemuBinary): Promise<QemuFeatures> {
   const types = async (args: Record<string, unknown>): Promise<Set<string>> =>
     new Set((await qmp.execute<TypeInfo[]>('qom-list-types', args)).map((t) => t.name));
-  const devices = await types({ implements: 'device', abstract: false });
+  const devices = parseDeviceHelp(await deviceHelp(bin));
   // Every accelerator is a QOM class "<name>-accel"; `-accel help` omits qtest
   // and query-accelerators is 10.2+, so the class list is what every version answers.
   const accels = new Set([...(await types({ implements: 'accel', abstract: false }))].filter((n) => n.endsWith('-accel')).map((n) => n.slice(0, -'-accel'.length)));
@@ -49,6 +60,27 @@ export async function readFeatures(qmp: QmpClient): Promise<QemuFeatures> {
   const options = new Map(opts.map((o) => [o.option, new Set(o.parameters.map((p) => p.name))]));
   const commands = new Set((await qmp.execute<TypeInfo[]>('query-commands')).map((c) => c.name));
   return { devices, accels, objects, options, commands };
+}
+
+/** `-device help` of the binary; an error naming it when it does not answer. */
+async function deviceHelp(bin: QemuBinary): Promise<string> {
+  const r = await execa(bin.command, [...bin.prefixArgs, ...bin.baseArgs, '-machine', 'none', '-device', 'help'], { env: bin.env, reject: false, timeout: 10_000, stdin: 'ignore' });
+  if (r.exitCode !== 0 || !/^name "/m.test(r.stdout)) {
+    throw new Error(`${bin.path} -device help: ${r.timedOut ? 'timed out after 10 s' : `exit ${r.exitCode ?? r.signal}`}, printed ${JSON.stringify((r.stdout + r.stderr).slice(0, 300))}`);
+  }
+  return r.stdout;
+}
+
+/** Device names and aliases from `-device help` lines: `name "virtio-iommu-pci", bus PCI, alias "virtio-iommu"`. */
+export function parseDeviceHelp(text: string): Set<string> {
+  const names = new Set<string>();
+  for (const line of text.split('\n')) {
+    const m = /^name "([^"]+)"(?:.*, alias "([^"]+)")?/.exec(line);
+    if (!m) continue;
+    names.add(m[1]!);
+    if (m[2]) names.add(m[2]);
+  }
+  return names;
 }
 
 /** How a need reads in a skip reason. */

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { findQemu, qemuVersion, releaseQemuWrapper, type Arch, type QemuBinary } from '../qemu/binary.js';
 import { lacking, type QemuNeed } from '../qemu/capabilities.js';
 import { skipBecause } from '../report/skip.js';
-import { resolveConfig, ViommuFeatureError, type ResolveOptions, type ViommuConfig } from '../viommu/configs.js';
+import { QemuLacksError, resolveConfig, type ResolveOptions, type ViommuConfig } from '../viommu/configs.js';
 import { probeQemu, type QemuProbe } from '../viommu/probe.js';
 
 /**
@@ -55,15 +55,16 @@ export async function requireQemuFeatures(ctx: Mocha.Context, arch: Arch, ...nee
 }
 
 /**
- * resolveConfig, with a vIOMMU feature this binary lacks (ViommuFeatureError:
- * the binary, its version, the names tried) as the test's skip reason.
+ * resolveConfig, with a vIOMMU device or feature this binary lacks
+ * (QemuLacksError: the binary, its version, the names tried) as the test's
+ * skip reason.
  * Anything else (an unknown driver, a bad config) still fails.
  */
 export function resolveConfigOrSkip(ctx: Mocha.Context, config: ViommuConfig, probe: QemuProbe, opts: ResolveOptions = {}): ReturnType<typeof resolveConfig> {
   try {
     return resolveConfig(config, probe, opts);
   } catch (e) {
-    if (e instanceof ViommuFeatureError) skipBecause(ctx, e.message);
+    if (e instanceof QemuLacksError) skipBecause(ctx, e.message);
     throw e;
   }
 }

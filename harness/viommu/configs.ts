@@ -24,8 +24,18 @@ export class ConfigError extends Error {
   override name = 'ConfigError';
 }
 
+/** The QEMU at hand lacks what a config needs: a test skips on it, naming the binary, its version and what is missing. */
+export class QemuLacksError extends Error {
+  override name = 'QemuLacksError';
+}
+
+/** No -device of this vIOMMU in this binary (10.0 makes its arm-smmuv3 only with -machine virt,iommu=smmuv3). */
+export class ViommuDeviceMissingError extends QemuLacksError {
+  override name = 'ViommuDeviceMissingError';
+}
+
 /** A feature the QEMU at hand does not offer under any known name. */
-export class ViommuFeatureError extends Error {
+export class ViommuFeatureError extends QemuLacksError {
   override name = 'ViommuFeatureError';
   constructor(
     readonly qemuPath: string,
@@ -108,7 +118,7 @@ export function resolveConfig(config: ViommuConfig, probe: QemuProbe, opts: Reso
   const { driver, features } = config.viommu;
   const props = probe.drivers[driver];
   const where = `QEMU ${probe.binary.path} (${probe.version.text})`;
-  if (!props) throw new ConfigError(`${where} has no ${driver} device (config ${config.name})`);
+  if (!props) throw new ViommuDeviceMissingError(`${where} has no ${driver} that -device takes`);
   const have = new Set(props.map((p) => p.name));
   const device: DeviceSpec = { driver, id: config.viommu.id ?? 'viommu0' };
   const notes: string[] = [];

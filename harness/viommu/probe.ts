@@ -11,7 +11,7 @@ import { join } from 'node:path';
 export interface QemuProbe {
   binary: QemuBinary;
   version: QemuVersion;
-  /** device-list-properties of each vIOMMU driver the binary has. */
+  /** device-list-properties of each vIOMMU driver the binary takes as a -device. */
   drivers: Record<string, DeviceProperty[]>;
   /** Devices, accelerators, -object types, option parameters, QMP commands. */
   features: QemuFeatures;
@@ -48,15 +48,16 @@ async function doProbe(binary: QemuBinary): Promise<QemuProbe> {
   const artifactsDir = mkdtempSync(join(tmpdir(), 'harness-probe-'));
   const m = await Machine.launch({ arch: binary.arch, machine: { type: 'none' }, paused: true }, { binary, name: 'probe', artifactsDir });
   try {
+    const features = await readFeatures(m.qmp, binary);
     const drivers: Record<string, DeviceProperty[]> = {};
-    for (const driver of Object.keys(FEATURES_BY_DRIVER)) {
+    // Only a vIOMMU -device takes counts (10.0's arm-smmuv3 is machine-made).
+    for (const driver of Object.keys(FEATURES_BY_DRIVER).filter((d) => features.devices.has(d))) {
       try {
         drivers[driver] = await m.qmp.deviceListProperties(driver);
       } catch (e) {
         if (!(e instanceof QmpCommandError)) throw e; // "Device 'x' not found": this binary lacks it
       }
     }
-    const features = await readFeatures(m.qmp);
     const exit = await m.shutdown();
     if (exit.code === 0) rmSync(artifactsDir, { recursive: true, force: true });
     return { binary, version, drivers, features };

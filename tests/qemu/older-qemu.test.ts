@@ -3,7 +3,7 @@ import { execa } from 'execa';
 import { randomUUID } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { releaseQemuWrapper } from '../../harness/qemu/binary.js';
+import { ARCHES, releaseQemuWrapper } from '../../harness/qemu/binary.js';
 import type { TestResult } from '../../harness/report/junit.js';
 import { useMachines } from '../../harness/testing/fixtures.js';
 import { qemuLabel, requireReleaseQemu } from '../../harness/testing/prereqs.js';
@@ -28,10 +28,11 @@ function processesWithEnv(entry: string): number[] {
 
 /**
  * The TCG suite against an older QEMU a user might bring: Debian trixie's
- * 10.0, installed beside the reference by scripts/install-qemu.sh --release
- * trixie and named by its wrapper, as a user names theirs. It must end with
+ * 10.0 (qemu-system-x86_64 and -aarch64), installed beside the reference by
+ * scripts/install-qemu.sh --release trixie and named by its wrappers, as a
+ * user names theirs. It must end with
  * 0 failures: what 10.0 lacks (vfio-user-pci, the qtest accelerator, svm, a
- * PASID width, monitor objects, exit-with-parent) is a skip naming the
+ * PASID width, monitor objects, exit-with-parent, a pluggable arm-smmuv3) is a skip naming the
  * binary, its version and the feature, or a test that adapts to what the
  * probe found; and no QEMU of that run may be left once it ends.
  */
@@ -40,9 +41,10 @@ describe('The TCG suite against an older QEMU (trixie 10.0)', function () {
   const machines = useMachines();
 
   it('0 failures; every skip names the binary, its version and what it lacks; 0 QEMU left', async function () {
-    const bin = await requireReleaseQemu(this, 'trixie');
-    const probe = await probeQemu(bin);
-    expect(probe.version.major, probe.version.text).to.equal(10);
+    // Both emulators of that release: x86_64 for q35, aarch64 for virt's arm-smmuv3.
+    const probes = await Promise.all(ARCHES.map(async (arch) => probeQemu(await requireReleaseQemu(this, 'trixie', arch))));
+    const probe = probes[0]!;
+    for (const p of probes) expect(p.version.major, p.version.text).to.equal(10);
     const dir = machines.artifactsDir;
     const results = join(dir, 'results.json');
     const junit = join(dir, 'junit.xml');
@@ -55,7 +57,7 @@ describe('The TCG suite against an older QEMU (trixie 10.0)', function () {
     const specs = readdirSync(testDir).filter((f) => f.endsWith('.test.js') && f !== here);
     const r = await execa(
       process.execPath,
-      [join(repoRoot, 'dist', 'harness', 'cli.js'), 'run', '--qemu-x86_64', releaseQemuWrapper('trixie', 'x86_64'), ...specs.flatMap((f) => ['--spec', join(testDir, f)])],
+      [join(repoRoot, 'dist', 'harness', 'cli.js'), 'run', ...ARCHES.flatMap((a) => [`--qemu-${a}`, releaseQemuWrapper('trixie', a)]), ...specs.flatMap((f) => ['--spec', join(testDir, f)])],
       {
         reject: false,
         all: true,
@@ -86,15 +88,15 @@ describe('The TCG suite against an older QEMU (trixie 10.0)', function () {
     // A skip is either a feature this binary lacks, named with the binary and
     // its version, or a prerequisite of the host (KVM), which the reference
     // run skips alike.
-    const label = qemuLabel(probe);
+    const names = probes.flatMap((p) => [`${qemuLabel(p)} lacks `, `${qemuLabel(p)} has no `]);
     const unexplained = all
       .filter((t) => t.state === 'skipped')
-      .filter((t) => !((t.skipReason ?? '').startsWith(`${label} lacks `) || (t.skipReason ?? '').startsWith(`${label} has no `) || / needs KVM: /.test(t.skipReason ?? '')))
+      .filter((t) => !(names.some((n) => (t.skipReason ?? '').startsWith(n)) || / needs KVM: /.test(t.skipReason ?? '')))
       .map((t) => `${t.suite} › ${t.title}: ${t.skipReason}`);
     expect(unexplained, 'skips that do not name what this QEMU lacks').to.deep.equal([]);
     const skipped = all.filter((t) => t.state === 'skipped').map((t) => t.skipReason ?? '');
     // The features 10.0 is known to lack (facts §9 and its own probe) are among the reasons.
-    expect(skipped.join('\n')).to.include('lacks device vfio-user-pci').and.include('accelerator qtest').and.include('shared virtual memory');
+    expect(skipped.join('\n')).to.include('lacks device vfio-user-pci').and.include('accelerator qtest').and.include('shared virtual memory').and.include('has no arm-smmuv3 that -device takes');
 
     // A QEMU killed as its harness exits may take a moment to go: 5 s at most.
     let left = processesWithEnv(tag);

@@ -1,12 +1,12 @@
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { lacking, monitorArgs, type QemuFeatures } from '../../harness/qemu/capabilities.js';
+import { lacking, monitorArgs, parseDeviceHelp, type QemuFeatures } from '../../harness/qemu/capabilities.js';
 import { repoRoot } from '../../harness/util/paths.js';
 
 /** What probeQemu() read from the real reference (11.1.3) and trixie (10.0.13) binaries. */
-function captured(version: string): QemuFeatures {
-  const j = JSON.parse(readFileSync(join(repoRoot, 'tests', 'fixtures', 'qemu', `probe-x86_64-${version}.json`), 'utf8')) as {
+function captured(version: string, arch = 'x86_64'): QemuFeatures {
+  const j = JSON.parse(readFileSync(join(repoRoot, 'tests', 'fixtures', 'qemu', `probe-${arch}-${version}.json`), 'utf8')) as {
     devices: string[];
     accels: string[];
     objects: string[];
@@ -34,6 +34,16 @@ describe('QEMU features from the binary', () => {
     expect(lacking(q10, needs)).to.deep.equal(['device vfio-user-pci', 'accelerator qtest', '-object type monitor-qmp', '-run-with exit-with-parent']);
     expect(lacking(q10, [{ command: 'query-accelerators' }])).to.deep.equal(['QMP command query-accelerators']);
     expect(lacking(q10, [{ option: 'no-such-option', param: 'x' }])).to.deep.equal(['-no-such-option x']);
+  });
+
+  it('devices are what -device takes: 10.0 makes its arm-smmuv3 only with the virt machine, 11.1 takes it as a -device', () => {
+    expect(captured('11.1.3', 'aarch64').devices.has('arm-smmuv3')).to.equal(true);
+    expect(captured('10.0.13', 'aarch64').devices.has('arm-smmuv3')).to.equal(false);
+  });
+
+  it('reads names and aliases from -device help, skipping category headers', () => {
+    const names = parseDeviceHelp(readFileSync(join(repoRoot, 'tests', 'fixtures', 'qemu', 'device-help-x86_64-11.1.3-excerpt.txt'), 'utf8'));
+    expect([...names].sort()).to.deep.equal(['intel-iommu', 'pcie-root-port', 'vfio-user-pci', 'virtio-iommu', 'virtio-iommu-pci']);
   });
 
   it('a monitor is -object where the binary has monitor objects, -mon where not', () => {

@@ -9,8 +9,8 @@ import { repoRoot } from '../../harness/util/paths.js';
 
 /** intel-iommu's properties as the probe of each real binary listed them (tests/fixtures/qemu). */
 const captured = (version: string): DeviceProperty[] =>
-  (JSON.parse(readFileSync(join(repoRoot, 'tests', 'fixtures', 'qemu', `probe-x86_64-${version}.json`), 'utf8')) as { intelIommuProperties: DeviceProperty[] })
-    .intelIommuProperties;
+  (JSON.parse(readFileSync(join(repoRoot, 'tests', 'fixtures', 'qemu', `probe-x86_64-${version}.json`), 'utf8')) as { viommuProperties: { 'intel-iommu': DeviceProperty[] } })
+    .viommuProperties['intel-iommu'];
 const qemu11 = captured('11.1.3');
 const qemu10 = captured('10.0.13');
 const probeOf = (props: DeviceProperty[]): QemuProbe =>
