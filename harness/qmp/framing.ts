@@ -39,6 +39,8 @@ export class JsonObjectSplitter {
   private nesting = 0;
   private inString = false;
   private escaped = false;
+  /** Bytes of the current string scanned so far. */
+  private stringRun = 0;
 
   constructor(
     private readonly onMessage: (msg: QmpMessage, raw: string) => void,
@@ -57,18 +59,22 @@ export class JsonObjectSplitter {
         if (this.escaped) this.escaped = false;
         else if (c === 0x5c /* \ */) this.escaped = true;
         else if (c === 0x22 /* " */) this.inString = false;
-        else {
-          // Skip the plain run of the string with native searches. Each search
-          // result is kept until the scan passes it, so a string with many
-          // escapes still costs one pass, not one search to its end per escape.
+        else if (++this.stringRun > 64) {
+          // A long string: skip its plain run with native searches (the byte
+          // loop stays for short ones, where a native call costs more). Each
+          // search result is kept until the scan passes it, so a string with
+          // many escapes still costs one pass, not one search per escape.
           if (nextQuote <= i) nextQuote = indexOr(chunk, 0x22, i + 1, n);
           if (nextSlash <= i) nextSlash = indexOr(chunk, 0x5c, i + 1, n);
-          i = Math.min(nextQuote, nextSlash) - 1;
+          const stop = Math.min(nextQuote, nextSlash);
+          this.stringRun += stop - 1 - i;
+          i = stop - 1;
         }
         continue;
       }
       if (c === 0x22) {
         this.inString = true;
+        this.stringRun = 0;
       } else if (c === 0x7b /* { */) {
         if (this.depth++ === 0) start = i;
         this.nest(chunk, i);

@@ -1,7 +1,8 @@
 import { expect } from 'chai';
 import { join } from 'node:path';
 import { QmpClient } from '../../harness/qmp/client.js';
-import { QmpCommandError, QmpDisconnectedError, QmpProtocolError } from '../../harness/qmp/errors.js';
+import { QmpCommandError, QmpDisconnectedError, QmpMessageTooLargeError, QmpProtocolError } from '../../harness/qmp/errors.js';
+import { DEFAULT_MAX_MESSAGE_BYTES, MAX_NESTING } from '../../harness/qmp/framing.js';
 import type { MachineDescription } from '../../harness/qemu/argv.js';
 import { useMachines } from '../../harness/testing/fixtures.js';
 import { requireQemu } from '../../harness/testing/prereqs.js';
@@ -42,6 +43,34 @@ describe('QMP client against real QEMU', function () {
       .filter((l) => l.dir === 'out')
       .map((l) => l.msg.id);
     expect(new Set(ids).size).to.equal(ids.length);
+  });
+
+  // The limits must never refuse what QEMU itself sends: its largest answers
+  // are the schema and HMP dumps, its deepest the schema's nested types.
+  it("QEMU's largest answers fit the default message size limit with room to spare, and a small limit refuses them by size", async function () {
+    const port = await freeLoopbackPort();
+    const m = await machines.launch({ ...q35, extraArgs: ['-qmp', `tcp:127.0.0.1:${port},server=on,wait=off`] });
+    const sizes: Record<string, number> = {};
+    let last = 0;
+    const untap = m.qmp.conn.tap((_msg, raw) => (last = Buffer.byteLength(raw)));
+    for (const [what, run] of [
+      ['query-qmp-schema', () => m.qmp.execute('query-qmp-schema')],
+      ['info mtree', () => m.qmp.hmp('info mtree')],
+      ['info qtree', () => m.qmp.hmp('info qtree')],
+      ['qom-list-types', () => m.qmp.execute('qom-list-types')],
+    ] as const) {
+      await run();
+      sizes[what] = last;
+    }
+    untap();
+    const largest = Math.max(...Object.values(sizes));
+    expect(largest, JSON.stringify(sizes)).to.be.below(DEFAULT_MAX_MESSAGE_BYTES / 8);
+    const small = await QmpClient.connectTcp('127.0.0.1', port, { maxMessageBytes: 64 << 10 });
+    const err = await small.execute('query-qmp-schema').catch((e: unknown) => e);
+    await small.close();
+    expect(err).to.be.instanceOf(QmpMessageTooLargeError).and.include({ limit: 64 << 10 });
+    expect(await m.qmp.queryStatus(), 'the machine is unharmed').to.have.property('status', 'prelaunch');
+    this.test!.title += ` (${Object.entries(sizes).map(([k, v]) => `${k} ${v} bytes`).join(', ')}; limit ${DEFAULT_MAX_MESSAGE_BYTES}, nesting ${MAX_NESTING})`;
   });
 
   it('raises QEMU refusals as QmpCommandError with class and desc', async () => {
