@@ -6,6 +6,8 @@
 import { createHash } from 'node:crypto';
 import { sep } from 'node:path';
 import { skipsByReason, type TestResult } from '../junit.js';
+import { L1_PREFIX } from '../../lab/l1-results.js';
+import { resultKey } from '../../testing/test-list.js';
 import { formatHwptFlags } from '../../trace/flags.js';
 import { allRuns, type MachineView, type RunView, type TestView } from './run-folder.js';
 import type { Entry } from './timeline.js';
@@ -16,7 +18,23 @@ const esc = (s: unknown): string =>
 /** A relative path as a link target: each segment escaped, so spaces and '#' survive. */
 export const href = (rel: string): string => rel.split(sep).map(encodeURIComponent).join('/');
 
-const anchor = (run: RunView, title: string, rel?: string): string => `t-${createHash('sha1').update(`${run.rel}|${title}|${rel ?? ''}`).digest('hex').slice(0, 12)}`;
+/** A test's anchor: by its folder where it has one (L0's copy of an L1 result shares it), else by run and title. */
+const anchor = (run: RunView, title: string, rel?: string): string => `t-${createHash('sha1').update(rel ? `d|${rel}` : `${run.rel}|${title}`).digest('hex').slice(0, 12)}`;
+
+/**
+ * L0's entry for an L1 test ("L1 › suite › title", harness/lab/l1-results.ts)
+ * whose L1 result is in a nested run of this report: shown once, in L1's run.
+ */
+function mirrorOf(t: TestView, nested: readonly RunView[]): { run: RunView; test: TestView } | undefined {
+  const title = t.result?.title;
+  if (!title?.startsWith(L1_PREFIX)) return undefined;
+  const key = title.slice(L1_PREFIX.length);
+  for (const run of nested) {
+    const test = run.tests.find((x) => x.result && resultKey(x.result) === key);
+    if (test) return { run, test };
+  }
+  return undefined;
+}
 
 const STATE_ORDER: Record<TestResult['state'], number> = { failed: 0, skipped: 1, passed: 2 };
 
@@ -111,6 +129,21 @@ function timeline(t: TestView): string {
   return out.join('\n');
 }
 
+/** The model in one line: requests, refusals, what was left allocated. */
+function modelLine(m: MachineView): string {
+  const model = m.model!;
+  const live = model.liveObjects();
+  const failed = model.failures().length;
+  const parts = [
+    `${model.hwptAllocs.length} HWPT request${model.hwptAllocs.length === 1 ? '' : 's'}`,
+    `${failed} failed request${failed === 1 ? '' : 's'}`,
+    `${model.attaches.length} attach${model.attaches.length === 1 ? '' : 'es'}`,
+    live.length ? `<span class="fail">left allocated at the end: ${live.map((o) => `${o.kind} ${o.id}`).join(', ')}</span>` : 'nothing left allocated',
+    ...(model.anomalies.length ? [`<span class="fail">${model.anomalies.length} anomalies (model.json)</span>`] : []),
+  ];
+  return `<p>iommufd model of ${esc(m.name)}: ${parts.join(' · ')}</p>`;
+}
+
 function oracleBlock(t: TestView): string {
   if (!t.oracle.length) return '';
   return `<h3>Oracle</h3><ul>${t.oracle
@@ -122,11 +155,16 @@ function oracleBlock(t: TestView): string {
     .join('')}</ul>`;
 }
 
-function testBlock(run: RunView, t: TestView): string {
+function testBlock(run: RunView, t: TestView, nested: readonly RunView[] = []): string {
   const st = stateOf(t);
   const r = t.result;
-  const id = anchor(run, t.title, t.rel);
+  const mirror = mirrorOf(t, nested);
+  const id = anchor(run, t.title, t.rel) + (mirror ? '-l0' : '');
   const head = `<span class="badge ${st}">${st}</span>${esc(t.title)}${r ? ` <span class="note">${ms(r.durationMs)}</span>` : ''}`;
+  if (mirror) {
+    const where = `<a href="#${anchor(mirror.run, mirror.test.title, mirror.test.rel)}">in L1's run below</a>`;
+    return `<details class="test s-${st}" id="${id}" data-title="${esc(t.title.toLowerCase())}"><summary>${head}</summary><p>L1's result, with its timeline and artifacts: ${where}.</p>${r?.state === 'failed' ? `<pre class="error">${esc(r.error ?? '')}</pre>` : ''}</details>`;
+  }
   const body: string[] = [];
   if (r?.state === 'failed') body.push(`<pre class="error">${esc(r.error ?? '(no message)')}</pre>`);
   if (r?.state === 'skipped') body.push(`<p class="skipped">skipped: ${esc(r.skipReason)}</p>`);
@@ -142,6 +180,7 @@ function testBlock(run: RunView, t: TestView): string {
     if (m.nested) body.push(`<p>This machine ran a harness run of its own (the virtual lab's L1): <a href="#${runAnchor(m.nested)}">its tests below</a>.</p>`);
   }
   body.push(oracleBlock(t));
+  for (const m of t.machines.filter((x) => x.model)) body.push(modelLine(m));
   if (t.rel) body.push(timeline(t));
   if (t.files.length) body.push(`<h3>Artifacts (${t.files.length})</h3><ul class="files">${t.files.map((f) => `<li><a href="${href(f)}">${esc(t.rel ? f.slice(t.rel.length + 1) : f)}</a></li>`).join('')}</ul>`);
   return `<details class="test s-${st}" id="${id}" data-title="${esc(t.title.toLowerCase())}"${st === 'failed' ? ' open' : ''}><summary>${head}</summary>${body.join('\n')}</details>`;
@@ -182,10 +221,11 @@ function runSummary(run: RunView): string {
 }
 
 function runBody(run: RunView): string {
+  const nested = allRuns(run).slice(1);
   const tests = [...run.tests].sort((a, b) => STATE_ORDER[a.result!.state] - STATE_ORDER[b.result!.state]);
   const group = (s: TestResult['state'], title: string) => {
     const ts = tests.filter((t) => t.result!.state === s);
-    return ts.length ? `<h2>${title} (${ts.length})</h2>${ts.map((t) => testBlock(run, t)).join('\n')}` : '';
+    return ts.length ? `<h2>${title} (${ts.length})</h2>${ts.map((t) => testBlock(run, t, nested)).join('\n')}` : '';
   };
   return [
     runSummary(run),
@@ -199,7 +239,8 @@ function runBody(run: RunView): string {
 /** The page for `root` and every L1 run inside it. */
 export function renderReport(root: RunView, title: string): string {
   const runs = allRuns(root);
-  const failures = runs.flatMap((r) => r.tests.filter((t) => t.result?.state === 'failed').map((t) => ({ r, t })));
+  // Each failure once: L0's copy of an L1 result points at L1's.
+  const failures = runs.flatMap((r) => r.tests.filter((t) => t.result?.state === 'failed' && !mirrorOf(t, allRuns(r).slice(1))).map((t) => ({ r, t })));
   const index = failures.length
     ? `<h2 class="failed">Failures first (${failures.length}, every run)</h2><ol>${failures.map(({ r, t }) => `<li><a href="#${anchor(r, t.title, t.rel)}">${esc(t.title)}</a>${r === root ? '' : ' <span class="note">(L1)</span>'}</li>`).join('')}</ol>`
     : '<h2 class="passed">No test failed</h2>';

@@ -125,7 +125,8 @@ function filesUnder(dir: string, skip: (p: string) => boolean = () => false): st
 /**
  * A result's artifactsDir on this disk: the path as recorded when it exists
  * under the run folder, else the part after `/runs/<this run's name>/` (an
- * L1 run records paths under its /mnt share; a copied folder moves them).
+ * L1 run records paths under its /mnt share; a copied folder moves them),
+ * else after the first `/runs/<name>/` (a copy under another name).
  */
 export function localArtifactsDir(recorded: string, runDir: string): string | undefined {
   const abs = resolve(recorded);
@@ -135,9 +136,12 @@ export function localArtifactsDir(recorded: string, runDir: string): string | un
   const i = recorded.indexOf(marker);
   if (i >= 0) {
     const p = join(real, recorded.slice(i + marker.length));
-    return exists(p) ? p : undefined;
+    if (exists(p)) return p;
   }
-  return undefined;
+  // A renamed copy: the first runs/<any>/tests/ of the recorded path is this run's tests/.
+  const m = /\/runs\/[^/]+\/(tests\/.+)$/.exec(recorded);
+  const p = m ? join(real, m[1]!) : undefined;
+  return p && exists(p) ? p : undefined;
 }
 
 const formatsCache = new Map<string, TraceFormats | Error>();

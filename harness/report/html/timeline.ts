@@ -1,9 +1,9 @@
 /**
  * One test's evidence on one time axis. Each source keeps its own clock:
  *
- * - qmp.jsonl: wall time `t` (whole milliseconds) and `ms` since the
- *   connection opened (sub-millisecond, monotonic): the connection's start is
- *   the largest `t - ms` over the lines, and each line sits at start + ms.
+ * - qmp.jsonl: wall time `t` (whole milliseconds) per line. (`ms`, since the
+ *   connection opened, is monotonic but drifts from the wall clock: 11 ms in
+ *   a minute under TCG, so it only orders lines within one millisecond.)
  * - trace.log, stderr.log: `-msg timestamp=on`'s ISO prefix (11.x), or old
  *   tracetool's `pid@epoch.usec:` (10.0): wall time as QEMU read it.
  * - kprobes.trace: the kernel's uptime, not wall time. It is placed only
@@ -80,7 +80,6 @@ export function qmpEntries(text: string, file: string, machine: string): { entri
       bad.push(i + 1);
     }
   });
-  const start = Math.max(...lines.map(({ q }) => Date.parse(q.t) - q.ms));
   let greeting: { version: string; package?: string } | undefined;
   const entries = lines.map(({ q, line, raw }): Entry => {
     const m = q.msg as Record<string, unknown>;
@@ -101,10 +100,10 @@ export function qmpEntries(text: string, file: string, machine: string): { entri
       text = `← return (${String(m.id ?? '')}) ${brief(m.return, 120)}`;
       level = 'ok';
     }
-    return { t: start + q.ms, source: 'qmp', machine, text, level, file, line, raw };
+    return { t: Date.parse(q.t), source: 'qmp', machine, text, level, file, line, raw };
   });
   const how = lines.length
-    ? `wall clock: the connection's start (largest t − ms over ${lines.length} lines) + ms${bad.length ? `; ${bad.length} lines not JSON (${bad.slice(0, 3).join(', ')}…)` : ''}`
+    ? `wall clock: each line's t (whole milliseconds)${bad.length ? `; ${bad.length} lines not JSON (${bad.slice(0, 3).join(', ')}…)` : ''}`
     : 'no QMP messages';
   return { entries, placement: { source: 'qmp', file, placed: lines.length > 0, how }, ...(greeting ? { greeting } : {}) };
 }
@@ -117,7 +116,8 @@ export function stderrEntries(text: string, file: string, machine: string): { en
     if (!raw.trim()) return;
     const m = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) (.*)$/.exec(raw);
     const body = m ? m[2]! : raw;
-    const level: Level = /error|fail|abort|refus|not supported|unsupported|uncompatible|incompatible/i.test(body) ? 'fail' : 'info';
+    // QEMU's warnings ("warning: ... not supported ...") are not what failed.
+    const level: Level = !/\bwarning:/.test(body) && /error|fail|abort|refus|not supported|unsupported|uncompatible|incompatible/i.test(body) ? 'fail' : 'info';
     const e: Entry = { source: 'stderr', machine, text: body, level, file, line: i + 1, raw };
     if (m) {
       e.t = isoMs(m[1]!);

@@ -1,0 +1,208 @@
+// The run report from a real run folder (tests/fixtures/report/README.md): what it reads, what it
+// writes into the folder, the JUnit extras, and what a person sees in a real headless Chromium.
+import { expect } from 'chai';
+import { cpSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { buildRunReport, type BuildOptions } from '../../harness/report/html/index.js';
+import { hostDevices, parseCmdline, shellWords, viommuOf } from '../../harness/report/html/cmdline.js';
+import { junitTestcaseExtras, withJunitBase } from '../../harness/report/html/junit-extras.js';
+import { allRuns, localArtifactsDir, type RunView, type TestView } from '../../harness/report/html/run-folder.js';
+import { qmpEntries } from '../../harness/report/html/timeline.js';
+import type { WithArtifacts } from '../../harness/report/mocha-reporter.js';
+import { skipBecause } from '../../harness/report/skip.js';
+import { testArtifactsDir } from '../../harness/testing/fixtures.js';
+import { repoRoot } from '../../harness/util/paths.js';
+
+const RUN = '20261202-062227-30695';
+const FIXTURE = join(repoRoot, 'tests', 'fixtures', 'report', RUN);
+const L1 = join('tests', 'virtual-lab-l1-under-tcg-emulated-vt-d', 'l1');
+const L1_TESTS = join(L1, 'artifacts', 'runs', '20261202-062308-91', 'tests');
+const REALIZE = join(L1_TESTS, 'realize-errors-triggered-on-a-real-iommu', 'vfio-pci-under-intel-iommu-without-caching-mode-refused-after-the-hwpt--811a89ac');
+const NEST_PARENT = join(L1_TESTS, 'pasid-hwpt-flags-for-a-pasid-capable-device', 'intel-iommu-fsts-on-without-pasid-bits-pasid-device-nest-parent-no-pasi-264201d3');
+// 11.1.3's own formats, verbatim (tests/fixtures/trace): no reference QEMU needed.
+const OPTS: BuildOptions = { traceEvents: () => join(repoRoot, 'tests', 'fixtures', 'trace', 'trace-events-11.1.3-excerpt') };
+const CHROMIUM = '/usr/bin/chromium';
+
+/** A copy of the fixture run in `dir` (the report writes into the folder it reads). */
+function copyRun(dir: string): string {
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  const run = join(dir, RUN);
+  // verbatimSymlinks: L1's artifacts/latest stays the relative link L1 made.
+  cpSync(FIXTURE, run, { recursive: true, verbatimSymlinks: true });
+  return run;
+}
+
+const testAt = (run: RunView, rel: string): TestView => {
+  const t = allRuns(run).flatMap((r) => r.tests).find((x) => x.rel === rel && !x.result!.title.startsWith('L1 › '));
+  if (!t) throw new Error(`no test with folder ${rel}`);
+  return t;
+};
+
+describe('HTML run report: reading a real run folder', function () {
+  let run: string;
+  let built: ReturnType<typeof buildRunReport>;
+
+  before(function () {
+    const dir = testArtifactsDir(this.test!.parent! as unknown as Mocha.Runnable);
+    run = copyRun(dir);
+    built = buildRunReport(run, OPTS);
+  });
+
+  it("the cmdline of L1's L2: the binary behind the loader, tcg, intel-iommu without caching-mode, the device", function () {
+    const c = parseCmdline(readFileSync(join(run, REALIZE, 'l2', 'cmdline.txt'), 'utf8'));
+    expect(c.binary).to.equal('/root/.cache/viommu-harness/qemu/usr/bin/qemu-system-x86_64');
+    expect(c.accel).to.deep.equal(['tcg']);
+    expect(c.timestamps).to.equal(true);
+    expect(viommuOf(c.devices).config).to.deep.equal({ kind: 'intel-iommu', fsts: false, pasidBits: 0 });
+    expect(c.devices.find((d) => d.driver === 'intel-iommu')).to.not.have.property('caching-mode');
+    expect(hostDevices(c.devices)).to.deep.equal(['0000:01:00.0']);
+    expect(shellWords(`a 'b c' "d\\"e" f\\ g`)).to.deep.equal(['a', 'b c', 'd"e', 'f g']);
+    expect(() => shellWords("a 'b")).to.throw(/unterminated single quote/);
+  });
+
+  it("QMP lines sit at their wall time t: the greeting gives QEMU's version", function () {
+    const text = readFileSync(join(run, REALIZE, 'l2', 'qmp.jsonl'), 'utf8');
+    const { entries, greeting } = qmpEntries(text, 'qmp.jsonl', 'l2');
+    expect(greeting).to.deep.equal({ version: '11.1.3', package: 'Debian 1:11.1.3+ds-1' });
+    expect(entries.map((e) => e.t)).to.deep.equal(text.trim().split('\n').map((l) => Date.parse((JSON.parse(l) as { t: string }).t)));
+    expect(entries.map((e) => e.text)).to.include('→ qmp_capabilities {"enable":["oob"]}');
+  });
+
+  it("maps recorded artifact paths into the folder read: L1's /mnt share, and L0's paths of another checkout", function () {
+    const l1run = join(run, L1, 'artifacts', 'runs', '20261202-062308-91');
+    const rec = '/mnt/artifacts/runs/20261202-062308-91/tests/realize-errors-triggered-on-a-real-iommu/vfio-pci-under-intel-iommu-without-caching-mode-refused-after-the-hwpt--811a89ac';
+    expect(localArtifactsDir(rec, l1run)).to.equal(join(run, REALIZE));
+    expect(localArtifactsDir(`/elsewhere/artifacts/runs/${RUN}/${REALIZE}`, run)).to.equal(join(run, REALIZE));
+    expect(localArtifactsDir(`/elsewhere/artifacts/runs/other-name/${REALIZE}`, run), 'a renamed copy').to.equal(join(run, REALIZE));
+    expect(localArtifactsDir('/mnt/artifacts/runs/20261202-062308-91/tests/gone', l1run)).to.equal(undefined);
+  });
+
+  it("finds L1's run inside the virtual lab's machine folder, with its own results", function () {
+    const runs = allRuns(built.run);
+    expect(runs.map((r) => r.rel)).to.deep.equal(['', join(L1, 'artifacts', 'runs', '20261202-062308-91')]);
+    expect(runs[1]!.results.filter((r) => r.state === 'failed').map((r) => r.title)).to.have.length(2);
+    expect(built.run.others.map((t) => t.rel)).to.deep.equal([join('tests', 'virtual-lab-l1-under-tcg-emulated-vt-d')]);
+  });
+
+  it('joins the oracle (hw info from the run\'s doctor.json) and the kernel\'s answers (kprobes) to the request', function () {
+    const t = testAt(built.run, NEST_PARENT);
+    expect(t.oracle.map((o) => [o.bdf, o.expectation?.parent?.flags])).to.deep.equal([['0000:05:00.0', 0x1]]);
+    const req = t.placed.find((e) => e.source === 'trace' && e.text.startsWith('QEMU asked HWPT_ALLOC'))!;
+    expect(req.text).to.match(/flags=0x1 \(NEST_PARENT\) .* refused EOPNOTSUPP \(kernel\)$/);
+    expect(req.oracle).to.deep.include({ match: true });
+    const kernel = t.placed.filter((e) => e.source === 'kernel');
+    expect(kernel.map((e) => e.text)).to.have.length(2);
+    expect(kernel[0]!.text, "the harness's own request first, never joined to QEMU's").to.match(/from the harness's direct request: refused EOPNOTSUPP \(ret=-95\)/);
+    expect(kernel[1]!.text).to.match(/from ld-linux-x86-64-\d+: refused EOPNOTSUPP \(ret=-95\)/);
+    expect(kernel[1]!.t).to.equal(req.t);
+    expect(t.placements.find((p) => p.source === 'kernel')!.how).to.match(/^kernel uptime \+ \d+\.\d{6} s: anchored on its answer \(line \d+\) to QEMU's request \(trace line 6\)/);
+  });
+
+  it("writes model.json (the joined model) and failure.txt (message and artifact list) into the test's folder", function () {
+    const model = JSON.parse(readFileSync(join(run, REALIZE, 'model.json'), 'utf8')) as { machines: { l2: { model: { hwptAllocs: Array<{ flags: number; ok: boolean }>; liveObjects: unknown[]; qemuMessages: Array<{ realizeCheck?: string }> } } } };
+    const m = model.machines.l2.model;
+    expect(m.hwptAllocs.map((h) => [h.flags, h.ok])).to.deep.equal([[0, true]]);
+    expect(m.liveObjects, 'what the failure names: IOAS and HWPT left allocated').to.have.length(2);
+    expect(m.qemuMessages.map((q) => q.realizeCheck).filter(Boolean)).to.deep.equal(['caching-mode']);
+    const failure = readFileSync(join(run, REALIZE, 'failure.txt'), 'utf8');
+    expect(failure).to.include('AssertionError: expected every allocated iommufd object to be freed, but 2 still live');
+    expect(failure).to.match(/^ {2}l2\/trace\.log$/m);
+    expect(existsSync(join(run, NEST_PARENT, 'failure.txt')), 'only failures get one').to.equal(false);
+    expect(existsSync(join(run, NEST_PARENT, 'model.json'))).to.equal(true);
+  });
+
+  it('JUnit: properties of the QEMU that ran, and ATTACHMENT lines relative to the JUnit file', function () {
+    const r = { suite: 's', title: 't', state: 'failed' as const, durationMs: 1, artifactsDir: join(run, REALIZE) };
+    const x = withJunitBase(run, () => junitTestcaseExtras(r));
+    expect(x).to.include('<property name="l2.qemu.version" value="11.1.3 (Debian 1:11.1.3+ds-1)"/>');
+    expect(x).to.include('<property name="l2.accelerator" value="tcg"/>');
+    expect(x).to.include('<property name="l2.viommu" value="intel-iommu fsts=off pasid-bits=0"/>');
+    expect(x).to.match(/<property name="kernel" value="[^"]+"\/>/);
+    expect(x).to.include(`[[ATTACHMENT|${REALIZE.split('\\').join('/')}/l2/trace.log]]`);
+  });
+});
+
+describe('HTML run report: what a person sees (headless Chromium)', function () {
+  let ctx: BrowserContext | undefined;
+  let page: Page;
+  let dir: string;
+  const requests: string[] = [];
+  const errors: string[] = [];
+
+  before(async function () {
+    if (!existsSync(CHROMIUM)) skipBecause(this, `no ${CHROMIUM} (Debian's chromium package, in scripts/bootstrap-tools.txt)`);
+    dir = testArtifactsDir(this.test!.parent! as unknown as Mocha.Runnable);
+    const run = copyRun(dir);
+    const { path } = buildRunReport(run, OPTS);
+    ctx = await chromium.launchPersistentContext(join(dir, 'chromium-profile'), {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      viewport: { width: 1400, height: 1000 },
+      timeout: 30_000,
+    });
+    page = ctx.pages()[0] ?? (await ctx.newPage());
+    page.on('request', (r) => requests.push(r.url()));
+    page.on('pageerror', (e) => errors.push(e.message));
+    page.on('console', (m) => m.type() === 'error' && errors.push(m.text()));
+    await page.goto(`file://${path}`, { timeout: 20_000 });
+  });
+
+  after(async function () {
+    await ctx?.close();
+  });
+
+  it('opens from disk: nothing fetched but the page itself, no script error', function () {
+    expect(requests.filter((u) => !u.startsWith('file://')), 'requests beyond the file').to.deep.equal([]);
+    expect(errors).to.deep.equal([]);
+  });
+
+  it('lists failures first: the index, then the first test block, are failures', async function () {
+    const index = await page.locator('h2', { hasText: 'Failures first' }).textContent();
+    expect(index).to.match(/^Failures first \(2, every run\)$/);
+    const first = page.locator('details.test').first();
+    expect(await first.getAttribute('class')).to.include('s-failed');
+    expect(await page.locator('p.counts').first().innerText()).to.match(/^9 passed\s*2 failed\s*6 skipped$/);
+  });
+
+  it("the failed test's timeline shows QEMU's request, the oracle's flags beside it, and the refusal", async function (this: Mocha.Context) {
+    // The index's last entry: L1's realize error (the page's order: L1's results as L1 reported them).
+    await page.locator('ol a', { hasText: 'without caching-mode' }).click();
+    const block = page.locator('section.run.nested details.test.s-failed', { hasText: 'without caching-mode' });
+    expect(await block.evaluate((d) => (d as HTMLDetailsElement).open)).to.equal(true);
+    const rows = block.locator('table.timeline tr');
+    const texts = await rows.allInnerTexts();
+    const ask = texts.findIndex((t) => /QEMU asked HWPT_ALLOC flags=0x0 \(none\) dev_id=1 pt_id=ioas 2 \(parent\) type=NONE → granted → hwpt 3/.test(t));
+    const refused = texts.findIndex((t) => /Failed to set vIOMMU: Device assignment is not allowed without enabling caching-mode=on for Intel IOMMU/.test(t));
+    expect(ask, texts.join('\n')).to.be.greaterThan(-1);
+    expect(texts[ask]).to.include('✓ as the oracle expects — oracle: flags=0x0 (none)');
+    expect(refused, 'the refusal after the request, on the same axis').to.be.greaterThan(ask);
+    expect(await rows.nth(refused).getAttribute('class')).to.include('fail');
+    expect(await block.locator('a', { hasText: 'failure.txt' }).first().getAttribute('href')).to.match(/failure\.txt$/);
+    const shot = join(dir, 'failed-test-timeline.png');
+    (this.test as Mocha.Test & WithArtifacts).artifactsDir = dir;
+    await block.screenshot({ path: shot });
+    expect(readFileSync(shot).subarray(1, 4).toString()).to.equal('PNG');
+  });
+
+  it("a kernel refusal: 0x1 (NEST_PARENT) refused EOPNOTSUPP by QEMU's request and the kernel's answer, with the axis each source is on", async function () {
+    const block = page.locator('section.run.nested details.test', { hasText: 'fsts=on without pasid-bits' });
+    await block.evaluate((d) => ((d as HTMLDetailsElement).open = true));
+    const texts = await block.locator('table.timeline tr').allInnerTexts();
+    expect(texts.some((t) => /QEMU asked HWPT_ALLOC flags=0x1 \(NEST_PARENT\).*refused EOPNOTSUPP \(kernel\)/.test(t) && t.includes('✓ as the oracle expects'))).to.equal(true);
+    expect(texts.some((t) => /kernel answered HWPT_ALLOC flags=0x1 \(NEST_PARENT\).*from ld-linux.*refused EOPNOTSUPP \(ret=-95\)/.test(t))).to.equal(true);
+    const placed = await block.locator('h3:has-text("How each source was placed") + ul li').allInnerTexts();
+    expect(placed.find((l) => l.startsWith('kernel'))).to.match(/anchored on its answer/);
+    await block.screenshot({ path: join(dir, 'kernel-refusal-timeline.png') });
+  });
+
+  it("names the axis a source could not be placed on: L1's console has no wall-clock time", async function () {
+    const block = page.locator('h2:has-text("Machines of a whole suite") ~ details.test').first();
+    await block.evaluate((d) => ((d as HTMLDetailsElement).open = true));
+    const placed = await block.locator('h3:has-text("How each source was placed") + ul li').allInnerTexts();
+    expect(placed.find((l) => l.startsWith('console'))).to.match(/not placed: the console carries no wall-clock time/);
+    expect(await block.locator('h3', { hasText: 'Not on the time axis' }).count()).to.equal(1);
+  });
+});
