@@ -3,6 +3,7 @@ import { dirname, join } from 'node:path';
 import Mocha from 'mocha';
 import { artifactsRoot, runArtifactsDir } from '../util/paths.js';
 import { junitXml, summaryText, type TestResult } from './junit.js';
+import { reportAtRunEnd } from './html/index.js';
 import type { SkippableTest } from './skip.js';
 
 /** Where a fixture put the test's artifacts (set by tests/support/fixtures). */
@@ -66,6 +67,8 @@ export default class HarnessReporter extends Mocha.reporters.Spec {
       // Mocha's own epilogue was registered first and has printed by now;
       // synchronous, because with --exit mocha ends the process right after.
       console.log(`\n${summaryText(this.results)}\nJUnit: ${path}\nArtifacts: ${runArtifactsDir()}`);
+      // The run's HTML report (and each test's model.json, failure.txt): harness/report/html.
+      console.log(reportAtRunEnd(runArtifactsDir(), this.results));
     });
   }
 }

@@ -11,7 +11,8 @@
 import { existsSync, writeFileSync } from 'node:fs';
 import { arch, hostname, release } from 'node:os';
 import { basename, join, relative, sep } from 'node:path';
-import type { TestResult } from '../junit.js';
+import { junitXml, type TestResult } from '../junit.js';
+import { withJunitBase } from './junit-extras.js';
 import type { IommufdModel } from '../../trace/model.js';
 import { renderReport } from './render.js';
 import { allRuns, joinOracles, readRun, type BuildOptions, type RunView, type TestView } from './run-folder.js';
@@ -111,10 +112,13 @@ export function writeRunInfo(runDir: string): void {
  * on a faster CPU). Never throws: a report that cannot be built must not
  * change the run's outcome; the line says why instead.
  */
-export function reportAtRunEnd(runDir: string, _results?: readonly TestResult[]): string {
+export function reportAtRunEnd(runDir: string, results?: readonly TestResult[]): string {
   try {
     if (!existsSync(runDir)) return 'Report: none (this run wrote no folder)';
     writeRunInfo(runDir);
+    // The run folder's copy of the JUnit file, with ATTACHMENT paths relative to it (the copy
+    // the reporter wrote has them relative to artifacts/junit.xml).
+    if (results && !process.env.HARNESS_JUNIT && existsSync(join(runDir, 'junit.xml'))) writeFileSync(join(runDir, 'junit.xml'), withJunitBase(runDir, () => junitXml(results)));
     if (process.env.HARNESS_VIRTUAL_LAB === '1') return "Report: built by L0's run (this is the virtual lab's L1)";
     const { path } = buildRunReport(runDir);
     return `Report: ${relative(process.cwd(), path).startsWith('..') ? path : relative(process.cwd(), path)}`;
