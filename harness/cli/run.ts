@@ -9,7 +9,8 @@
  *        or every QEMU-needing test skipped for want of a usable QEMU)
  *   128  bad usage or bad input (unknown option or suite, a QEMU path that
  *        does not exist or is not executable, a bad profile, a --grep that
- *        matches nothing): stops the bisection instead of blaming a commit
+ *        matches nothing, a test file that does not load): stops the
+ *        bisection instead of blaming a commit
  */
 import { readFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
@@ -63,7 +64,7 @@ export const RUN: CommandSpec = {
        every test skipped, or every QEMU-needing test skipped for want of a QEMU
   128  bad usage or input: unknown option, suite or stray argument, a QEMU path
        that does not exist or is not executable, a bad profile, a --grep (or
-       --failed) that selects nothing`,
+       --failed) that selects nothing, a test file that does not load`,
 };
 
 export function runCommand(args: string[], io: Io = process): Promise<number> {
@@ -184,7 +185,12 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
   const mocha = new Mocha({ reporter: HarnessReporter, timeout: 120_000, slow: 5_000 });
   const files = [...(suites.length || !specs.length ? suiteFiles(suites.length ? suites : SUITES) : []), ...specs];
   for (const f of files) mocha.addFile(f);
-  await mocha.loadFilesAsync();
+  try {
+    await mocha.loadFilesAsync();
+  } catch (e) {
+    // A suite file that does not load is the harness's fault, never a verdict on QEMU: stop a bisection.
+    throw new UsageError(`a test file does not load: ${(e as Error).stack ?? (e as Error).message}`, false);
+  }
 
   const all = collectTests(mocha.suite);
   const failures = values.failed ? lastFailures() : undefined;

@@ -144,6 +144,14 @@ describe('harness CLI', function () {
       }
     });
 
+    it('128 for a test file that does not load (the harness is broken, not QEMU)', async () => {
+      const bad = join(tmp, 'broken.test.mjs');
+      writeFileSync(bad, "describe('x', () => { it('y', () => {}) });\nimport { nothing } from 'node:fs';\n");
+      const r = await cli(['run', '--spec', bad]);
+      expect(r.exitCode, r.stdout + r.stderr).to.equal(128);
+      expect(r.stderr).to.include('harness run: a test file does not load').and.include("does not provide an export named 'nothing'");
+    });
+
     it('128 for a --grep that matches nothing, an unknown suite or profile', async () => {
       const g = await cli(['run', '--suite', 'qemu', '--grep', 'no test is named like this 7f3a']);
       expect(g.exitCode, g.stdout + g.stderr).to.equal(128);
