@@ -57,8 +57,8 @@ export class QmpClient {
     return this.conn.execute<T>(command, args, opts);
   }
 
-  listen(filter: EventFilter = {}): EventListener {
-    return this.conn.listen(filter);
+  listen(filter: EventFilter = {}, maxQueued?: number): EventListener {
+    return this.conn.listen(filter, maxQueued);
   }
 
   close(): Promise<void> {

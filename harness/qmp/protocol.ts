@@ -137,9 +137,12 @@ export class QmpConnection {
     });
   }
 
-  /** Listens for events; see EventListener. Register before the command that causes them. */
-  listen(filter: EventFilter = {}): EventListener {
-    return this.events.listen(filter);
+  /**
+   * Listens for events; see EventListener. Register before the command that
+   * causes them. `maxQueued` overrides the connection's maxQueuedEvents.
+   */
+  listen(filter: EventFilter = {}, maxQueued?: number): EventListener {
+    return this.events.listen(filter, maxQueued);
   }
 
   /** Runs `command` and waits for the first event that matches `filter`, which cannot be missed. */

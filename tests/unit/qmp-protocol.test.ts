@@ -169,7 +169,9 @@ describe('QMP protocol against misbehaving peers', () => {
     clients.push(c);
     const all = c.listen();
     const none = c.listen({ names: ['NEVER'] });
+    const few = c.listen({}, 3);
     await c.queryStatus();
+    expect([few.pending.map((e) => e.event), few.dropped], 'a listener with its own bound').to.deep.equal([['E247', 'E248', 'E249'], 247]);
     expect(all.pending).to.have.length(100);
     expect(all.dropped).to.equal(150);
     expect(all.pending[0]!.event, 'the oldest go first').to.equal('E150');
