@@ -122,6 +122,14 @@ export class Agent {
   private readonly unsubscribe: Array<() => void> = [];
   /** Lines the agent sent that were not valid messages (for diagnosis). */
   readonly garbage: Array<{ line: string; why: string }> = [];
+  /**
+   * PINGs waiting for their PONG, by id. A HELLO means the guest (re)opened
+   * its end of the port, and what was sent before may have gone to whoever
+   * had it open then: the arm64 guest's UEFI firmware drives virtio-serial
+   * ports itself and consumes a PING sent while it boots. A PING is
+   * idempotent, so it is sent again on each HELLO; a RUN never is.
+   */
+  private readonly pings = new Map<number, string>();
   /** Set by the guest's HELLO. */
   kernelRelease: string | undefined;
   helloCount = 0;
@@ -158,6 +166,7 @@ export class Agent {
         if (m.protocol !== AGENT_PROTOCOL_VERSION) {
           this.garbage.push({ line, why: `protocol ${m.protocol}, this harness speaks ${AGENT_PROTOCOL_VERSION}` });
         }
+        for (const ping of this.pings.values()) this.port.write(ping);
         return;
       case 'garbage':
         this.garbage.push({ line: clip(line, 200), why: m.why });
@@ -211,7 +220,9 @@ export class Agent {
     return this.serialized(async () => {
       const t0 = Date.now();
       const id = this.nextId++;
-      const m = await this.request(id, formatPing(id), timeoutMs, 'guest agent to answer PING');
+      const line = formatPing(id);
+      this.pings.set(id, line);
+      const m = await this.request(id, line, timeoutMs, 'guest agent to answer PING').finally(() => this.pings.delete(id));
       if (m.kind !== 'pong') throw new AgentError(`agent answered PING ${id} with ${m.kind}`);
       return { uptimeS: m.uptimeS, kernelRelease: this.kernelRelease, hostMs: Date.now() - t0 };
     });

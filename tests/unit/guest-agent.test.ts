@@ -151,6 +151,31 @@ describe('guest agent deadlines', () => {
     expect(port.written).to.have.length(1);
   });
 
+  it('sends a waiting PING again when the guest says HELLO (firmware may have taken the first), never a RUN', async () => {
+    let deliver: (t: string) => void = () => {};
+    const port = new (class extends SilentPort {
+      override onData(cb?: (t: string) => void): () => void {
+        if (cb) deliver = cb;
+        return () => {};
+      }
+    })();
+    const agent = new Agent(port);
+    const ready = agent.ready(10_000);
+    await new Promise((r) => setImmediate(r));
+    expect(port.written).to.deep.equal(['PING 1\n']);
+    deliver('HELLO 1 7.2.13\n');
+    expect(port.written).to.deep.equal(['PING 1\n', 'PING 1\n']);
+    deliver('PONG 1 12.5\n');
+    expect((await ready).uptimeS).to.equal(12.5);
+    const run = agent.run('true', { timeoutMs: 5000 });
+    await new Promise((r) => setImmediate(r));
+    deliver('HELLO 1 7.2.13\n');
+    expect(port.written.slice(2)).to.have.length(1);
+    expect(port.written[2]).to.match(/^RUN 2 /);
+    port.close();
+    await run.catch(() => undefined);
+  });
+
   it('fails pending requests at once when the port closes', async () => {
     const port = new SilentPort();
     const agent = new Agent(port);
