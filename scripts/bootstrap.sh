@@ -43,7 +43,16 @@ if [ "${HARNESS_SKIP_IMAGES:-}" != 1 ]; then
   sh scripts/build-kernel.sh
   sh scripts/build-initramfs.sh
 fi
-# Native helpers (iommufd-probe for IOMMU_GET_HW_INFO), cached by source hash.
+# The arm64 lab's images: its root (sid's arm64 Node, QEMU and UEFI firmware),
+# the aarch64 kernel (cross-built, about 6 minutes the first time) and its
+# initramfs (busybox from that root). Each a no-op when cached.
+if [ "${HARNESS_SKIP_IMAGES:-}" != 1 ]; then
+  sh scripts/install-arm64-root.sh
+  sh scripts/build-kernel.sh --arch aarch64
+  sh scripts/build-initramfs.sh --arch aarch64
+fi
+# Native helpers (iommufd-probe for IOMMU_GET_HW_INFO), for this machine and
+# aarch64, cached by source hash.
 sh scripts/build-tools.sh
 
 # 5. The harness itself (tests and the CLI run as compiled JavaScript).

@@ -40,6 +40,7 @@ case $arch in
   x86_64) karch=x86_64 cross= target=bzImage built=arch/x86/boot/bzImage ;;
   aarch64)
     karch=arm64 cross=aarch64-linux-gnu- target=Image built=arch/arm64/boot/Image
+    [ "$(uname -m)" = aarch64 ] && cross=
     command -v "${cross}gcc" >/dev/null 2>&1 \
       || die "${cross}gcc is needed to cross-build the $arch kernel (Debian: gcc-aarch64-linux-gnu; see scripts/bootstrap-tools.txt)"
     ;;
