@@ -14,9 +14,9 @@ export const REPORT: CommandSpec = {
   positionals: ['RUN_DIR'],
   minPositionals: 0,
   summary:
-    "Builds RUN_DIR/report.html (default: $HARNESS_ARTIFACTS/latest, else artifacts/latest): the run's summary, failures first, and per test a timeline of QMP, QEMU's iommufd trace, the kernel's answers and the console on one time axis, with the oracle's flags beside each request, L1's tests of a virtual-lab run included. Writes each test's model.json and failure.txt beside its artifacts.",
+    "Builds RUN_DIR/report.html (default: $HARNESS_ARTIFACTS/latest, else artifacts/latest): the run's summary, failures first, and per test a timeline of QMP, QEMU's iommufd trace, the kernel's answers and stderr on one wall clock (the console, which has no wall-clock time, apart), with the oracle's flags beside each request, L1's tests of a virtual-lab run included. Writes each test's model.json and failure.txt beside its artifacts.",
   options: {
-    'trace-events': { type: 'string', value: 'FILE', help: "parse every trace with this trace-events-all (default: the one beside the binary each cmdline.txt names, else the reference QEMU's)" },
+    'trace-events': { type: 'string', value: 'FILE', help: "parse traces with this trace-events-all (default: the binary's own, else the reference's)" },
   },
   epilogue: `exit status:
   0    the report was written (whatever the run's tests did)

@@ -9,6 +9,9 @@ import { hostDevices, parseCmdline, shellWords, viommuOf } from '../../harness/r
 import { junitTestcaseExtras, withJunitBase } from '../../harness/report/html/junit-extras.js';
 import { allRuns, localArtifactsDir, type RunView, type TestView } from '../../harness/report/html/run-folder.js';
 import { qmpEntries } from '../../harness/report/html/timeline.js';
+import { REPORT, reportCommand } from '../../harness/cli/report.js';
+import { helpText } from '../../harness/cli/options.js';
+import { PassThrough } from 'node:stream';
 import type { WithArtifacts } from '../../harness/report/mocha-reporter.js';
 import { skipBecause } from '../../harness/report/skip.js';
 import { testArtifactsDir } from '../../harness/testing/fixtures.js';
@@ -121,6 +124,37 @@ describe('HTML run report: reading a real run folder', function () {
     expect(x).to.include('<property name="l2.viommu" value="intel-iommu fsts=off pasid-bits=0"/>');
     expect(x).to.match(/<property name="kernel" value="[^"]+"\/>/);
     expect(x).to.include(`[[ATTACHMENT|${REALIZE.split('\\').join('/')}/l2/trace.log]]`);
+  });
+});
+
+describe('harness report', function () {
+  const io = () => {
+    const out = { stdout: new PassThrough(), stderr: new PassThrough() };
+    const text = { stdout: '', stderr: '' };
+    out.stdout.on('data', (d: Buffer) => (text.stdout += d.toString()));
+    out.stderr.on('data', (d: Buffer) => (text.stderr += d.toString()));
+    return { io: out, text };
+  };
+
+  it('builds the page of a run folder and prints its path; its --help is the README\'s', async function () {
+    const run = copyRun(join(testArtifactsDir(this.test!), 'copy'));
+    const { io: streams, text } = io();
+    expect(await reportCommand([run, '--trace-events', join(repoRoot, 'tests', 'fixtures', 'trace', 'trace-events-11.1.3-excerpt')], streams)).to.equal(0);
+    expect(text.stdout).to.equal(`${join(run, 'report.html')}\n`);
+    expect(text.stderr).to.equal(`harness report: 9 passed, 2 failed, 6 skipped in ${run}\n`);
+    expect(readFileSync(join(repoRoot, 'README.md'), 'utf8')).to.include(`\`\`\`text\n${helpText(REPORT)}\`\`\``);
+  });
+
+  it('a folder that is not there, a stray argument, an unknown option: 128 naming it', async function () {
+    for (const [args, msg] of [
+      [['/nonexistent/run'], 'run folder /nonexistent/run does not exist'],
+      [['a', 'b'], 'unexpected argument "b"'],
+      [['--bogus'], 'unknown option --bogus'],
+    ] as const) {
+      const { io: streams, text } = io();
+      expect(await reportCommand([...args], streams), args.join(' ')).to.equal(128);
+      expect(text.stderr).to.include(msg);
+    }
   });
 });
 

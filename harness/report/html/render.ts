@@ -119,7 +119,7 @@ function timeline(t: TestView): string {
     `<h3>Timeline <span class="note">(one wall-clock axis; +ms from ${t0 !== undefined ? esc(new Date(t0).toISOString()) : '—'})</span></h3>`,
     shown.length ? `<table class="timeline"><tbody>${shown.map((e) => entryRow(e, t0)).join('')}</tbody></table>` : '<p class="note">No source of this test could be placed on the wall clock.</p>',
     t.placed.length > MAX_ROWS ? `<p class="note">… ${t.placed.length - MAX_ROWS} more entries: see the files.</p>` : '',
-    `<h3>How each source was placed</h3><ul>${t.placements.map((p) => `<li><span class="src ${p.source}">${p.source}</span> <a href="${href(p.file)}">${esc(t.rel && p.file.startsWith(t.rel + sep) ? p.file.slice(t.rel.length + 1) : p.file)}</a>: <span class="${p.placed ? '' : 'fail'}">${esc(p.how)}</span></li>`).join('')}</ul>`,
+    `<h3>How each source was placed</h3><ul>${t.placements.map((p) => `<li><span class="src ${p.source}">${p.source}</span> <a href="${href(p.file)}">${esc(t.rel && p.file.startsWith(t.rel + sep) ? p.file.slice(t.rel.length + 1) : p.file)}</a>: <span class="${p.placed || p.how === 'empty' ? '' : 'fail'}">${esc(p.how)}</span></li>`).join('')}</ul>`,
   ];
   if (t.unplaced.length) {
     const un = t.unplaced.slice(0, MAX_ROWS);
@@ -211,7 +211,7 @@ function runSummary(run: RunView): string {
     ['accelerator', accels.length ? esc(accels.join(', ')) : '<span class="note">unknown</span>'],
     ['host', host.length ? esc(host.join(', ')) : hosts.length ? hosts.join('<br>') : '<span class="note">not recorded in this folder (run-info.json is written when the report is built at the end of the run)</span>'],
     ...(host.length && hosts.length ? [['lab host', hosts.join('<br>')] as [string, string]] : []),
-    ['results', run.resultsFile ? `<a href="${href(run.resultsFile)}">${esc(run.resultsFile)}</a>` : '<span class="fail">no results.json: the run did not finish (or is still going)</span>'],
+    ['results', run.resultsFile ? `<a href="${href(run.resultsFile)}">${esc(run.resultsFile)}</a>${run.partial ? ' <span class="fail">(streamed as tests finished: the run stopped before writing results.json)</span>' : ''}` : '<span class="fail">no results.json: the run did not finish (or is still going)</span>'],
   ];
   return [
     `<p class="counts"><span class="passed">${n('passed')} passed</span><span class="failed">${n('failed')} failed</span><span class="skipped">${n('skipped')} skipped</span></p>`,

@@ -88,6 +88,8 @@ export interface RunView {
   rel: string;
   results: TestResult[];
   resultsFile?: string;
+  /** The results are what was streamed before the run stopped (no results.json). */
+  partial?: boolean;
   tests: TestView[];
   /** Folders under tests/ that no result claims (a suite's own machines). */
   others: TestView[];
@@ -351,10 +353,23 @@ export function readRun(dir: string, reportDir: string = dir, opts: BuildOptions
   const run: RunView = { dir, rel: relative(reportDir, dir), results: [], tests: [], others: [], hosts: [] };
   const own = join(dir, 'results.json');
   const resultsFile = !exists(own) && resultsElsewhere && exists(resultsElsewhere) ? resultsElsewhere : own;
+  // What L1 streamed as each test finished (HARNESS_RESULTS_JSONL) stands in for a results.json
+  // a crashed or killed run never wrote.
+  const streamed = resultsElsewhere?.replace(/\.json$/, '.jsonl');
   if (exists(resultsFile)) {
     run.resultsFile = relative(reportDir, resultsFile);
     run.results = JSON.parse(readText(resultsFile)) as TestResult[];
     if (!Array.isArray(run.results)) throw new Error(`${resultsFile}: not a list of test results`);
+  } else if (streamed && exists(streamed)) {
+    run.resultsFile = relative(reportDir, streamed);
+    run.partial = true;
+    for (const line of readText(streamed).split('\n')) {
+      try {
+        if (line.trim()) run.results.push(JSON.parse(line) as TestResult);
+      } catch {
+        /* the line a kill cut short */
+      }
+    }
   }
   if (exists(join(dir, 'run-info.json'))) {
     try {
