@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { execa } from 'execa';
+import { commandSpecs } from '../../harness/cli/main.js';
 import { requireQemu } from '../../harness/testing/prereqs.js';
 import { repoRoot } from '../../harness/util/paths.js';
 
@@ -44,13 +45,8 @@ function brokenWrapper(): string {
   return p;
 }
 
-const COMMANDS: Array<{ words: string[]; args: string[] }> = [
-  { words: ['run'], args: [] },
-  { words: ['qemu', 'info'], args: [] },
-  { words: ['trace', 'decode'], args: ['FILE'] },
-  { words: ['doctor'], args: [] },
-  { words: ['repro'], args: ['qmp-websocket-chardev'] },
-];
+/** Every command the dispatcher knows, with placeholders for its positional arguments. */
+const COMMANDS = (await commandSpecs()).map((c) => ({ words: c.words, args: (c.spec.positionals ?? []).map((p) => p.replace(/\.\.\.$/, '')) }));
 
 describe('harness CLI', function () {
   this.timeout(180_000);
@@ -62,6 +58,7 @@ describe('harness CLI', function () {
         const h = await cli([...c.words, '--help']);
         expect(h.exitCode, h.stderr).to.equal(0);
         expect(h.stdout).to.match(new RegExp(`^usage: harness ${name}`)).and.include('options:').and.include('exit status');
+        // Placeholders for the positionals, then one word too many.
         const stray = await cli([...c.words, ...c.args, 'stray-word']);
         expect(stray.exitCode, stray.stderr).to.equal(128);
         expect(stray.stderr).to.include(`harness ${name}: unexpected argument "stray-word"`);
