@@ -1,14 +1,18 @@
 // The run report from a real run folder (tests/fixtures/report/README.md): what it reads, what it
 // writes into the folder, the JUnit extras, and what a person sees in a real headless Chromium.
 import { expect } from 'chai';
-import { cpSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { buildRunReport, type BuildOptions } from '../../harness/report/html/index.js';
 import { hostDevices, parseCmdline, shellWords, viommuOf } from '../../harness/report/html/cmdline.js';
 import { junitTestcaseExtras, withJunitBase } from '../../harness/report/html/junit-extras.js';
-import { allRuns, localArtifactsDir, type RunView, type TestView } from '../../harness/report/html/run-folder.js';
-import { qmpEntries } from '../../harness/report/html/timeline.js';
+import { allRuns, localArtifactsDir, readRun, type RunView, type TestView } from '../../harness/report/html/run-folder.js';
+import { kernelEntries, qmpEntries, traceEntries } from '../../harness/report/html/timeline.js';
+import { parseKprobeTrace } from '../../harness/trace/kprobes.js';
+import { TraceFormats } from '../../harness/trace/formats.js';
+import { IommufdModel } from '../../harness/trace/model.js';
+import { parseTrace } from '../../harness/trace/parse.js';
 import { REPORT, reportCommand } from '../../harness/cli/report.js';
 import { helpText } from '../../harness/cli/options.js';
 import { PassThrough } from 'node:stream';
@@ -73,6 +77,34 @@ describe('HTML run report: reading a real run folder', function () {
     expect(entries.map((e) => e.text)).to.include('→ qmp_capabilities {"enable":["oob"]}');
   });
 
+  it("10.0's pid@epoch.usec trace prefix is wall time too (lines of trixie's 10.0.13 as L2 in the virtual lab)", function () {
+    const formats = TraceFormats.fromText(
+      ['trace-events-11.1.3-excerpt', 'trace-events-old-attach'].map((f) => readFileSync(join(repoRoot, 'tests', 'fixtures', 'trace', f), 'utf8')).join('\n'),
+    );
+    const text = [
+      '245@1796192480.558391:iommufd_cdev_connect_and_bind  [iommufd=10] Successfully bound device 0000:05:00.0 (fd=13): output devid=1',
+      '245@1796192480.565270:iommufd_backend_alloc_ioas  iommufd=10 ioas=2',
+      '245@1796192480.566936:iommufd_backend_alloc_hwpt  iommufd=10 dev_id=1 pt_id=2 flags=0x0 hwpt_type=0 len=0 data_ptr=0x0 out_hwpt=3 (0)',
+      '245@1796192480.567781:iommufd_cdev_attach_ioas_hwpt  [iommufd=10] Successfully attached device 0000:05:00.0 (13) to id=3',
+    ].join('\n');
+    const p = parseTrace(text, formats);
+    expect(p.diagnostics).to.deep.equal([]);
+    const { entries, placement } = traceEntries(p, IommufdModel.fromParse(p), 'trace.log', 'l2');
+    // Microseconds survive (Date alone keeps milliseconds).
+    [558.391, 565.27, 566.936, 567.781].forEach((ms, i) => expect(entries[i]!.t! - 1796192480000, `line ${i + 1}`).to.be.closeTo(ms, 0.001));
+    expect(entries[2]!.text).to.equal('QEMU asked HWPT_ALLOC flags=0x0 (none) dev_id=1 pt_id=ioas 2 (parent) type=NONE → granted → hwpt 3');
+    expect(entries[3]!.text).to.equal('QEMU attached 0000:05:00.0 pasid (none) → hwpt 3 (parent)');
+    expect(placement.placed).to.equal(true);
+  });
+
+  it('kernel records without a QEMU request to anchor them stay on their uptime clock, and the page says so', function () {
+    const records = parseKprobeTrace(readFileSync(join(run, NEST_PARENT, 'kprobes.trace'), 'utf8')).filter((k) => k.event !== 'unparsed');
+    const { entries, placement } = kernelEntries(records, undefined, 'kprobes.trace', 'host kernel');
+    expect(placement.placed).to.equal(false);
+    expect(placement.how).to.match(/^not placed: the kernel's uptime clock has no anchor here .*; no QEMU trace in this test$/);
+    expect(entries.map((e) => [e.t, e.ownClock])).to.deep.equal(records.map((k) => [undefined, `${k.time} s kernel uptime`]));
+  });
+
   it("maps recorded artifact paths into the folder read: L1's /mnt share, and L0's paths of another checkout", function () {
     const l1run = join(run, L1, 'artifacts', 'runs', '20261202-062308-91');
     const rec = '/mnt/artifacts/runs/20261202-062308-91/tests/realize-errors-triggered-on-a-real-iommu/vfio-pci-under-intel-iommu-without-caching-mode-refused-after-the-hwpt--811a89ac';
@@ -114,6 +146,15 @@ describe('HTML run report: reading a real run folder', function () {
     expect(failure).to.match(/^ {2}l2\/trace\.log$/m);
     expect(existsSync(join(run, NEST_PARENT, 'failure.txt')), 'only failures get one').to.equal(false);
     expect(existsSync(join(run, NEST_PARENT, 'model.json'))).to.equal(true);
+  });
+
+  it("another run's folder kept as a test's artifact is not read as this run's (the report's own tests keep copies)", function () {
+    const outer = join(testArtifactsDir(this.test!), 'outer');
+    copyRun(join(outer, 'tests', 'a-suite', 'a-test'));
+    writeFileSync(join(outer, 'results.json'), '[]');
+    const r = readRun(outer, outer, OPTS);
+    expect(r.others).to.deep.equal([]);
+    expect(allRuns(r)).to.have.length(1);
   });
 
   it('JUnit: properties of the QEMU that ran, and ATTACHMENT lines relative to the JUnit file', function () {

@@ -393,6 +393,8 @@ export function readRun(dir: string, reportDir: string = dir, opts: BuildOptions
   // Folders with machines that no result claims (a suite's own machines, e.g. L1).
   const walk = (d: string) => {
     if (claimed.has(d)) return;
+    // Another run's folder kept as a test's artifact (a copy the report's own tests build): not this run's.
+    if (d !== join(dir, 'tests') && exists(join(d, 'results.json')) && isDir(join(d, 'tests'))) return;
     const subs = readdirSync(d).sort().map((n) => join(d, n)).filter(isDir);
     if (subs.some((s) => exists(join(s, 'cmdline.txt')) || exists(join(s, 'qmp.jsonl')))) {
       run.others.push(readTest(d, reportDir, opts));
