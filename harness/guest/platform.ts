@@ -70,7 +70,11 @@ export const AARCH64_PLATFORM: GuestPlatform = {
   // EL2 for KVM inside the guest (an L2 with -accel kvm), GICv3 with its ITS
   // for MSIs (and the in-kernel irqchip arm-smmuv3 accel=on needs there).
   machine: () => ({ type: 'virt', props: { virtualization: true, 'gic-version': 3 } }),
-  cpu: 'max',
+  // Pointer authentication with QEMU's cheap IMPLEMENTATION DEFINED
+  // algorithm instead of emulating QARMA5: sid's arm64 binaries sign every
+  // return address. Measured on a busy 2-core host: `node -e` in L1 took
+  // 5.6-6.0 s with it, 7.4-10.8 s without.
+  cpu: 'max,pauth-impdef=on',
   console: 'ttyAMA0',
   // The user-creatable SMMUv3 translates the bus it is given: the root
   // complex, so every device of the guest is behind it.

@@ -237,7 +237,7 @@ describe('aarch64 guest machine description', () => {
 
   it('is a virt machine with EL2 and GICv3, UEFI, the SMMUv3 first on the root complex, and the PL011 console with ACPI', () => {
     const d = guestDescription({ image, devices: [{ driver: 'e1000e', id: 'n0' }] });
-    expect(d).to.deep.include({ arch: 'aarch64', cpu: 'max', accel: 'tcg' });
+    expect(d).to.deep.include({ arch: 'aarch64', cpu: 'max,pauth-impdef=on', accel: 'tcg' });
     expect(d.machine).to.deep.equal({ type: 'virt', props: { virtualization: true, 'gic-version': 3 } });
     expect(d.devices![0]).to.deep.equal({ driver: 'arm-smmuv3', id: 'iommu0', 'primary-bus': 'pcie.0', stage: 'nested' });
     expect(d.devices!.map((x) => x.driver)).to.deep.equal(['arm-smmuv3', 'virtio-serial-pci', 'virtserialport', 'e1000e']);
