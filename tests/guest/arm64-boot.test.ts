@@ -37,8 +37,9 @@ describe('arm64 L1 guest (TCG): UEFI, ACPI, SMMUv3, the arm64 root over 9p', fun
 
   it('boots the aarch64 kernel through UEFI with ACPI and reaches the agent in the arm64 root', async () => {
     console.log(`      arm64 L1: launch ${g.launchMs} ms, launch to agent ${g.agentReadyMs} ms (guest uptime ${g.guestUptimeS} s)`);
-    // Issue 10's target is 15 s; the bound leaves room for a busy 2-core host.
-    expect(g.agentReadyMs, 'launch to agent (ms)').to.be.at.most(60_000);
+    // Issue 10's target is 15 s; 9.6-12 s were seen with the host's 2 cores
+    // at a load of 8, hence a bound with room for that, not for a hang.
+    expect(g.agentReadyMs, 'launch to agent (ms)').to.be.at.most(30_000);
     expect(g.agent.kernelRelease).to.equal(image.kernelRelease);
     await g.console.waitFor(/UEFI firmware \(version /, 1000, { from: 'start' });
     await g.console.waitFor("harness-init: switching root to 9p share 'hostroot'", 1000, { from: 'start' });
