@@ -69,6 +69,7 @@ body.hide-minor tr.minor{display:none}
 .toolbar input[type=search]{width:22em}
 ul.files{columns:2;font-size:12.5px} a{color:#1a56b8}
 .hidden{display:none}
+svg.axis{display:block;max-width:1000px;margin:.2em 0 .4em;font-family:system-ui,sans-serif}
 `;
 
 const JS = `
@@ -110,6 +111,28 @@ function entryRow(e: Entry, t0: number | undefined): string {
 }
 
 const MAX_ROWS = 3000;
+const LANES: Entry['source'][] = ['qmp', 'trace', 'kernel', 'stderr'];
+const LANE_COLOR: Record<string, string> = { qmp: '#3367d6', trace: '#7b1fa2', kernel: '#00796b', stderr: '#c15b00' };
+
+/** The placed entries as marks on one horizontal axis, a lane per source (hover: the line; red: a failure). */
+function axisStrip(placed: readonly Entry[]): string {
+  if (placed.length < 2) return '';
+  const t0 = placed[0]!.t!;
+  const span = Math.max(placed.at(-1)!.t! - t0, 1);
+  const lanes = LANES.filter((l) => placed.some((e) => e.source === l));
+  const W = 1000;
+  const x = (t: number) => 70 + ((t - t0) / span) * (W - 80);
+  const marks = placed
+    .filter((e) => e.level !== 'minor')
+    .map((e) => {
+      const y = 8 + lanes.indexOf(e.source) * 16;
+      const fill = e.level === 'fail' || (e.oracle && !e.oracle.match) ? '#b3261e' : LANE_COLOR[e.source];
+      return `<rect x="${x(e.t!).toFixed(1)}" y="${y}" width="3" height="12" fill="${fill}"><title>+${(e.t! - t0).toFixed(3)} ms ${esc(e.source)}: ${esc(e.text)}</title></rect>`;
+    });
+  const labels = lanes.map((l, i) => `<text x="0" y="${18 + i * 16}" font-size="11" fill="${LANE_COLOR[l]}">${l}</text>`);
+  const h = 12 + lanes.length * 16;
+  return `<svg class="axis" viewBox="0 0 ${W} ${h + 14}" width="100%" role="img" aria-label="timeline axis">${labels.join('')}${marks.join('')}<line x1="70" y1="${h}" x2="${W - 10}" y2="${h}" stroke="#999"/><text x="70" y="${h + 12}" font-size="10" fill="#666">+0 ms</text><text x="${W - 10}" y="${h + 12}" font-size="10" fill="#666" text-anchor="end">+${span.toFixed(1)} ms</text></svg>`;
+}
 
 function timeline(t: TestView): string {
   if (!t.placed.length && !t.unplaced.length) return '<p class="note">No timeline: this test left no QMP transcript, trace, kernel records or console.</p>';
@@ -117,6 +140,7 @@ function timeline(t: TestView): string {
   const shown = t.placed.slice(0, MAX_ROWS);
   const out = [
     `<h3>Timeline <span class="note">(one wall-clock axis; +ms from ${t0 !== undefined ? esc(new Date(t0).toISOString()) : '—'})</span></h3>`,
+    axisStrip(t.placed),
     shown.length ? `<table class="timeline"><tbody>${shown.map((e) => entryRow(e, t0)).join('')}</tbody></table>` : '<p class="note">No source of this test could be placed on the wall clock.</p>',
     t.placed.length > MAX_ROWS ? `<p class="note">… ${t.placed.length - MAX_ROWS} more entries: see the files.</p>` : '',
     `<h3>How each source was placed</h3><ul>${t.placements.map((p) => `<li><span class="src ${p.source}">${p.source}</span> <a href="${href(p.file)}">${esc(t.rel && p.file.startsWith(t.rel + sep) ? p.file.slice(t.rel.length + 1) : p.file)}</a>: <span class="${p.placed || p.how === 'empty' ? '' : 'fail'}">${esc(p.how)}</span></li>`).join('')}</ul>`,
