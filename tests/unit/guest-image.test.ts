@@ -2,11 +2,14 @@ import { expect } from 'chai';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { dirname, join } from 'node:path';
 import { findGuestImage, readKernelConfig, type GuestImage } from '../../harness/guest/image.js';
 import { guestCmdline, guestDescription, prepareRootMountPoints } from '../../harness/guest/boot.js';
 import { AARCH64_PLATFORM } from '../../harness/guest/platform.js';
 import { arm64L1Description } from '../../harness/lab/platforms/arm64.js';
+import { skipBecause } from '../../harness/report/skip.js';
+import { repoRoot } from '../../harness/util/paths.js';
 
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
 
@@ -287,6 +290,54 @@ describe('9p root mount points', () => {
       expect(prepareRootMountPoints({ image: x86, rootShare: {}, extraShares: [{ tag: 'r', hostPath: '/x', guestPath: '/no/such/dir' }] })).to.deep.equal([]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+/** The entries of the newc cpio at the start of `buf`, and the offset just past its trailer. */
+function newcEntries(buf: Buffer): { names: string[]; end: number } {
+  const names: string[] = [];
+  let off = 0;
+  const pad4 = (n: number): number => (n + 3) & ~3;
+  for (;;) {
+    const magic = buf.subarray(off, off + 6).toString('latin1');
+    if (magic !== '070701') throw new Error(`no newc header at offset ${off} (got ${JSON.stringify(magic)})`);
+    const field = (i: number): number => parseInt(buf.subarray(off + 6 + i * 8, off + 14 + i * 8).toString('latin1'), 16);
+    const fileSize = field(6);
+    const nameSize = field(11);
+    const name = buf.subarray(off + 110, off + 110 + nameSize - 1).toString('utf8');
+    off = pad4(off + 110 + nameSize);
+    off = pad4(off + fileSize);
+    if (name === 'TRAILER!!!') return { names, end: off };
+    names.push(name);
+  }
+}
+
+describe('initramfs builder (scripts/build-initramfs.sh)', function () {
+  this.timeout(60_000);
+
+  it('puts --early files into an uncompressed cpio before the gzip one, under a key of its own, without replacing ARCH.json', function () {
+    const status = spawnSync('dpkg-query', ['-W', '-f', '${Status}', 'busybox-static'], { encoding: 'utf8' });
+    if (!status.stdout?.includes('install ok installed')) skipBecause(this, 'busybox-static is not installed (scripts/bootstrap-tools.txt)');
+    const root = mkdtempSync(join(tmpdir(), 'initramfs-'));
+    try {
+      const early = join(root, 'early');
+      mkdirSync(join(early, 'kernel', 'firmware', 'acpi'), { recursive: true });
+      writeFileSync(join(early, 'kernel', 'firmware', 'acpi', 'IORT.aml'), 'IORT table bytes');
+      const env = { ...process.env, HARNESS_CACHE_DIR: join(root, 'cache') };
+      const script = join(repoRoot, 'scripts', 'build-initramfs.sh');
+      const path = execFileSync('sh', [script, '--early', early, '--print'], { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+      const buf = readFileSync(path);
+      const { names, end } = newcEntries(buf);
+      expect(names).to.include('kernel/firmware/acpi/IORT.aml');
+      let gz = end;
+      while (buf[gz] === 0) gz++;
+      expect([buf[gz], buf[gz + 1]], 'gzip magic after the early cpio and its padding').to.deep.equal([0x1f, 0x8b]);
+      expect(existsSync(join(root, 'cache', 'initramfs', 'x86_64.json')), 'an --early build is not the default').to.equal(false);
+      const m = JSON.parse(readFileSync(join(dirname(path), 'manifest.json'), 'utf8')) as { early: Record<string, string> };
+      expect(m.early).to.deep.equal({ 'kernel/firmware/acpi/IORT.aml': sha('IORT table bytes') });
+    } finally {
+      rmSync(root, { recursive: true, force: true });
     }
   });
 });
