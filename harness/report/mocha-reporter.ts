@@ -30,6 +30,8 @@ export default class HarnessReporter extends Mocha.reporters.Spec {
 
   constructor(runner: Mocha.Runner, options?: Mocha.MochaOptions) {
     super(runner, options);
+    const failedHooks = hookFailures.get(runner) ?? new Map<Mocha.Suite, string>();
+    hookFailures.set(runner, failedHooks);
     const add = (t: T, state: TestResult['state'], err?: Error) => {
       const r: TestResult = { suite: suitePath(t), title: t.title, state, durationMs: t.duration ?? 0 };
       if (err) r.error = err.stack ?? String(err);
@@ -45,9 +47,11 @@ export default class HarnessReporter extends Mocha.reporters.Spec {
     runner.on(Mocha.Runner.constants.EVENT_TEST_FAIL, (t: T, err: Error) => {
       // A failing hook is reported as a failure of the hook itself.
       add(t, 'failed', err);
+      if ((t as Mocha.Runnable & { type?: string }).type === 'hook' && t.parent) failedHooks.set(t.parent, t.title);
     });
     runner.on(Mocha.Runner.constants.EVENT_TEST_PENDING, (t: T) => add(t, 'skipped'));
     runner.once(Mocha.Runner.constants.EVENT_RUN_END, () => {
+      this.results.push(...neverRan(runner, this.results));
       const path = process.env.HARNESS_JUNIT ?? join(artifactsRoot(), 'junit.xml');
       mkdirSync(dirname(path), { recursive: true });
       const xml = junitXml(this.results);
@@ -71,4 +75,39 @@ export default class HarnessReporter extends Mocha.reporters.Spec {
       console.log(reportAtRunEnd(runArtifactsDir(), this.results));
     });
   }
+}
+
+/** Per runner: the suites whose hook failed, and that hook's title. */
+const hookFailures = new WeakMap<Mocha.Runner, Map<Mocha.Suite, string>>();
+
+/**
+ * Results cannot vanish: every test of the run's tree that got no result
+ * (mocha runs none of a suite's remaining tests after a failed hook, and
+ * reports none of them) becomes a failure saying why it never ran.
+ */
+function neverRan(runner: Mocha.Runner, results: readonly TestResult[]): TestResult[] {
+  const seen = new Set(results.map((r) => `${r.suite}\u0000${r.title}`));
+  // mocha's own --grep leaves unselected tests in the tree (harness run removes them instead).
+  const grep = (runner as Mocha.Runner & { _grep?: RegExp; _invert?: boolean })._grep;
+  const invert = (runner as Mocha.Runner & { _invert?: boolean })._invert === true;
+  const failed = hookFailures.get(runner) ?? new Map<Mocha.Suite, string>();
+  const out: TestResult[] = [];
+  const walk = (s: Mocha.Suite): void => {
+    for (const t of s.tests) {
+      if (grep && grep.test(t.fullTitle()) === invert) continue;
+      if (t.isPending() || seen.has(`${suitePath(t)}\u0000${t.title}`)) continue;
+      let why = 'mocha gave it no result by the end of the run';
+      for (let p: Mocha.Suite | undefined = t.parent; p; p = p.parent) {
+        const hook = failed.get(p);
+        if (hook) {
+          why = `${hook} failed${p.root ? '' : ` in "${p.titlePath().join(' › ')}"`}`;
+          break;
+        }
+      }
+      out.push({ suite: suitePath(t), title: t.title, state: 'failed', durationMs: 0, error: `never ran: ${why}`, ...(t.file ? { file: t.file } : {}) });
+    }
+    for (const c of s.suites) walk(c);
+  };
+  walk(runner.suite);
+  return out;
 }

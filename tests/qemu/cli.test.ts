@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { chmodSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -139,6 +139,31 @@ describe('harness CLI', function () {
         expect(r.stderr).to.include(says);
         expect(r.stdout, 'no test ran').to.not.include('passed');
       }
+    });
+
+    it('1 when a hook fails; the tests it kept from running are failures saying so (results cannot vanish)', async () => {
+      const file = join(tmp, 'hook.test.mjs');
+      writeFileSync(
+        file,
+        `describe('setup', () => {
+  before(() => { throw new Error('setup broke'); });
+  it('first', () => {});
+  describe('inner', () => { it('second', () => {}); });
+});
+describe('other', () => { it('third', () => {}); });
+`,
+      );
+      const dir = join(tmp, 'hook-artifacts');
+      const r = await cli(['run', '--spec', file], { HARNESS_ARTIFACTS: dir });
+      expect(r.exitCode, r.stdout + r.stderr).to.equal(1);
+      const results = JSON.parse(readFileSync(join(dir, 'latest', 'results.json'), 'utf8')) as Array<{ suite: string; title: string; state: string; error?: string }>;
+      expect(results.map((x) => [x.suite, x.title, x.state, x.error?.split('\n')[0]])).to.deep.equal([
+        ['setup', '"before all" hook for "first"', 'failed', 'Error: setup broke'],
+        ['other', 'third', 'passed', undefined],
+        ['setup', 'first', 'failed', 'never ran: "before all" hook for "first" failed in "setup"'],
+        ['setup › inner', 'second', 'failed', 'never ran: "before all" hook for "first" failed in "setup"'],
+      ]);
+      expect(r.stdout).to.include('1 passed, 3 failed, 0 skipped');
     });
 
     it('128 for a test file that does not load (the harness is broken, not QEMU)', async () => {
