@@ -383,7 +383,12 @@ export function readRun(dir: string, reportDir: string = dir, opts: BuildOptions
     const local = r.artifactsDir ? localArtifactsDir(r.artifactsDir, dir) : undefined;
     if (local) {
       claimed.add(local);
-      run.tests.push(readTest(local, reportDir, opts, r));
+      try {
+        run.tests.push(readTest(local, reportDir, opts, r));
+      } catch (e) {
+        // One folder the reader does not follow must not cost the whole page.
+        run.tests.push({ result: r, title: `${r.suite} › ${r.title}`, rel: relative(reportDir, local), missing: `its folder could not be read: ${(e as Error).message}`, machines: [], files: [], placed: [], unplaced: [], placements: [], oracle: [] });
+      }
     } else {
       const t: TestView = { result: r, title: `${r.suite} › ${r.title}`, machines: [], files: [], placed: [], unplaced: [], placements: [], oracle: [] };
       if (r.artifactsDir) t.missing = `its folder ${r.artifactsDir} is not in this run folder`;

@@ -137,7 +137,7 @@ export function stderrEntries(text: string, file: string, machine: string): { en
 }
 
 /** The serial console: never on the axis (see the file comment). */
-export function consoleEntries(text: string, file: string, machine: string, max = 400): { entries: Entry[]; placement: Placement } {
+export function consoleEntries(text: string, file: string, machine: string, max = 60): { entries: Entry[]; placement: Placement } {
   const all = text.split('\n');
   const from = Math.max(0, all.length - max);
   const entries: Entry[] = [];
@@ -145,7 +145,9 @@ export function consoleEntries(text: string, file: string, machine: string, max 
     const raw = all[i]!.replace(/\r$/, '');
     if (!raw.trim()) continue;
     const up = /^\[\s*(\d+\.\d+)\]/.exec(raw)?.[1];
-    entries.push({ source: 'console', machine, text: raw, level: /error|fail|panic|oops|bug:/i.test(raw) ? 'fail' : 'minor', file, line: i + 1, raw, ...(up ? { ownClock: `${up} s guest uptime` } : {}) });
+    // The kernel's own alarms, not words in its command line (panic=-1).
+    const alarm = /Kernel panic|\bOops\b|\bBUG:|Call Trace:|segfault|\berror\b/i.test(raw);
+    entries.push({ source: 'console', machine, text: raw, level: alarm ? 'fail' : 'info', file, line: i + 1, raw, ...(up ? { ownClock: `${up} s guest uptime` } : {}) });
   }
   return {
     entries,
