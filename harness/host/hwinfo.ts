@@ -189,6 +189,9 @@ async function runProbe(args: string[], opts: ProbeOptions): Promise<{ stdout: s
   const r = await execa(tool, args, { reject: false, timeout, stdin: 'ignore' });
   if (r.timedOut) return { stdout: '', reason: `iommufd-probe ${args.join(' ')} did not finish within ${timeout} ms` };
   if (r.failed && !r.stdout.trim()) return { stdout: '', reason: `iommufd-probe ${args.join(' ')} failed: ${r.stderr.trim() || r.shortMessage}` };
+  // On failure the helper prints one {"step","error"} object; an answer with a failed exit is not to be believed.
+  if (r.failed && !/"error"\s*:/.test(r.stdout))
+    return { stdout: '', reason: `iommufd-probe ${args.join(' ')} ${r.shortMessage} after printing an answer: ${JSON.stringify(r.stdout.slice(0, 200))}` };
   return { stdout: r.stdout };
 }
 

@@ -96,7 +96,12 @@ export class LabHost {
 
   /** The same for several flags values, in one helper run (a device's cdev binds one iommufd at a time). */
   async directAnswers(ctx: Mocha.Context, cdev: string, flags: number[]): Promise<Array<{ ok: boolean; errno?: string }>> {
-    const r = answered(ctx, await probeHwptAlloc(cdev, flags), `IOMMU_HWPT_ALLOC ${flags.map((f) => `0x${f.toString(16)}`).join(',')} for ${cdev}`);
+    const what = `IOMMU_HWPT_ALLOC ${flags.map((f) => `0x${f.toString(16)}`).join(',')} for ${cdev}`;
+    const r = answered(ctx, await probeHwptAlloc(cdev, flags), what);
+    // A refusal is one of the errnos iommufd and the IOMMU drivers answer an allocation with;
+    // anything else (ENOTTY: no such ioctl, EFAULT: a bad struct) means the question went wrong.
+    const odd = r.results.filter((x) => !x.ok && !KERNEL_REFUSALS.has(x.errno ?? ''));
+    if (odd.length) throw new Error(`${what}: not a refusal but a failed request: ${odd.map((x) => `0x${x.flags.toString(16)} ${x.errno ?? 'without errno'}`).join(', ')}`);
     return r.results.map((res) => (res.ok ? { ok: true } : { ok: false, ...(res.errno ? { errno: res.errno } : {}) }));
   }
 
@@ -112,6 +117,9 @@ export class LabHost {
     this.binder.restoreAll();
   }
 }
+
+/** The errnos with which iommufd and the IOMMU drivers refuse an HWPT allocation (not a malformed request). */
+const KERNEL_REFUSALS = new Set(['EOPNOTSUPP', 'EINVAL', 'ENOENT', 'EBUSY', 'ENODEV', 'ENOMEM', 'ENOSPC']);
 
 /** The oracle's view of a device's hw info: dirty tracking, PASID width, and (SMMUv3) whether the SMMU has substreams. */
 export function hostCapsOf(info: HwInfo): HostCaps {

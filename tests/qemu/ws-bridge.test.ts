@@ -1,3 +1,4 @@
+import { skipBecause } from '../../harness/report/skip.js';
 import { expect } from 'chai';
 import WebSocket from 'ws';
 import { startQmpBridge } from '../../harness/qmp/ws-bridge.js';
@@ -107,9 +108,10 @@ describe('QMP over WebSocket', function () {
     q.sendBinary('{"execute": "qmp_capabilities", "id": 1}\n');
     const reply = await q.next(2000).catch(() => undefined);
     q.close();
-    if (v.major < 11 || (v.major === 11 && v.minor <= 1)) {
-      expect(reply, `QEMU ${v.major}.${v.minor}.${v.micro} answered over its websocket chardev; update facts §10`).to.equal(undefined);
-    }
+    // Through 11.1 the defect is known (facts §10); a newer QEMU may have fixed it, so there
+    // this test cannot say what is right: it says what it saw and skips below, after HMP.
+    const known = v.major < 11 || (v.major === 11 && v.minor <= 1);
+    if (known) expect(reply, `QEMU ${v.major}.${v.minor}.${v.micro} answered over its websocket chardev; update facts §10`).to.equal(undefined);
     const h = await wsClient(`ws://127.0.0.1:${hmpPort}/`, {}, 'binary');
     let banner = '';
     while (!banner.includes('(qemu)')) banner += await h.next();
@@ -117,5 +119,11 @@ describe('QMP over WebSocket', function () {
     let out = '';
     while (!out.includes(`${v.major}.${v.minor}.${v.micro}`)) out += await h.next();
     h.close();
+    if (!known) {
+      skipBecause(
+        this,
+        `QEMU ${v.major}.${v.minor}.${v.micro} is newer than the releases known to have the websocket QMP defect; it ${reply === undefined ? 'did not answer' : 'answered'} (HMP answered); \`harness repro qmp-websocket-chardev\` judges it`,
+      );
+    }
   });
 });
