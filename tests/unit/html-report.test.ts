@@ -1,7 +1,8 @@
 // The run report from a real run folder (tests/fixtures/report/README.md): what it reads, what it
 // writes into the folder, the JUnit extras, and what a person sees in a real headless Chromium.
 import { expect } from 'chai';
-import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { buildRunReport, type BuildOptions } from '../../harness/report/html/index.js';
@@ -203,6 +204,8 @@ describe('HTML run report: what a person sees (headless Chromium)', function () 
   let ctx: BrowserContext | undefined;
   let page: Page;
   let dir: string;
+  let shots: string;
+  let profile: string | undefined;
   const requests: string[] = [];
   const errors: string[] = [];
 
@@ -210,8 +213,12 @@ describe('HTML run report: what a person sees (headless Chromium)', function () 
     if (!existsSync(CHROMIUM)) skipBecause(this, `no ${CHROMIUM} (Debian's chromium package, in scripts/bootstrap-tools.txt)`);
     dir = testArtifactsDir(this.test!.parent! as unknown as Mocha.Runnable);
     const run = copyRun(dir);
+    shots = join(dir, 'screenshots');
+    mkdirSync(shots, { recursive: true });
     const { path } = buildRunReport(run, OPTS);
-    ctx = await chromium.launchPersistentContext(join(dir, 'chromium-profile'), {
+    // A fresh profile each run, outside the artifacts.
+    profile = mkdtempSync(join(tmpdir(), 'harness-chromium-'));
+    ctx = await chromium.launchPersistentContext(profile, {
       executablePath: CHROMIUM,
       headless: true,
       args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
@@ -227,6 +234,7 @@ describe('HTML run report: what a person sees (headless Chromium)', function () 
 
   after(async function () {
     await ctx?.close();
+    if (profile) rmSync(profile, { recursive: true, force: true });
   });
 
   it('opens from disk: nothing fetched but the page itself, no script error', function () {
@@ -256,8 +264,9 @@ describe('HTML run report: what a person sees (headless Chromium)', function () 
     expect(refused, 'the refusal after the request, on the same axis').to.be.greaterThan(ask);
     expect(await rows.nth(refused).getAttribute('class')).to.include('fail');
     expect(await block.locator('a', { hasText: 'failure.txt' }).first().getAttribute('href')).to.match(/failure\.txt$/);
-    const shot = join(dir, 'failed-test-timeline.png');
-    (this.test as Mocha.Test & WithArtifacts).artifactsDir = dir;
+    // The screenshot is this test's artifact (the reporter links it; the page built is beside it, in ../).
+    const shot = join(shots, 'failed-test-timeline.png');
+    (this.test as Mocha.Test & WithArtifacts).artifactsDir = shots;
     await block.screenshot({ path: shot });
     expect(readFileSync(shot).subarray(1, 4).toString()).to.equal('PNG');
   });
@@ -270,7 +279,7 @@ describe('HTML run report: what a person sees (headless Chromium)', function () 
     expect(texts.some((t) => /kernel answered HWPT_ALLOC flags=0x1 \(NEST_PARENT\).*from ld-linux.*refused EOPNOTSUPP \(ret=-95\)/.test(t))).to.equal(true);
     const placed = await block.locator('h3:has-text("How each source was placed") + ul li').allInnerTexts();
     expect(placed.find((l) => l.startsWith('kernel'))).to.match(/anchored on its answer/);
-    await block.screenshot({ path: join(dir, 'kernel-refusal-timeline.png') });
+    await block.screenshot({ path: join(shots, 'kernel-refusal-timeline.png') });
   });
 
   it("names the axis a source could not be placed on: L1's console has no wall-clock time", async function () {
