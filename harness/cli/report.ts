@@ -3,7 +3,7 @@
  * artifacts/latest), with each test's model.json and failure.txt; prints the
  * page's path. Opens from disk: no server, nothing fetched.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, realpathSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { buildRunReport } from '../report/html/index.js';
 import { artifactsRoot } from '../util/paths.js';
@@ -29,8 +29,10 @@ export function reportCommand(args: string[], io: Io = process): Promise<number>
 }
 
 function report({ values, positionals }: Parsed, io: Io): number {
-  const dir = resolve(positionals[0] ?? join(artifactsRoot(), 'latest'));
-  if (!existsSync(dir)) throw new UsageError(`run folder ${dir} does not exist${positionals[0] ? '' : ' (no run yet?)'}`, false);
+  const named = resolve(positionals[0] ?? join(artifactsRoot(), 'latest'));
+  if (!existsSync(named)) throw new UsageError(`run folder ${named} does not exist${positionals[0] ? '' : ' (no run yet?)'}`, false);
+  // latest is a link: the page is named after, and links from, the run's own folder.
+  const dir = realpathSync(named);
   const traceEvents = str(values, 'trace-events');
   if (traceEvents && !existsSync(traceEvents)) throw new UsageError(`--trace-events ${traceEvents}: no such file`, false);
   const { path, run } = buildRunReport(dir, traceEvents ? { traceEvents: () => resolve(traceEvents) } : {});

@@ -1,7 +1,7 @@
 // The run report from a real run folder (tests/fixtures/report/README.md): what it reads, what it
 // writes into the folder, the JUnit extras, and what a person sees in a real headless Chromium.
 import { expect } from 'chai';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
@@ -182,8 +182,8 @@ describe('harness report', function () {
     const run = copyRun(join(testArtifactsDir(this.test!), 'copy'));
     const { io: streams, text } = io();
     expect(await reportCommand([run, '--trace-events', join(repoRoot, 'tests', 'fixtures', 'trace', 'trace-events-11.1.3-excerpt')], streams)).to.equal(0);
-    expect(text.stdout).to.equal(`${join(run, 'report.html')}\n`);
-    expect(text.stderr).to.equal(`harness report: 9 passed, 2 failed, 6 skipped in ${run}\n`);
+    expect(text.stdout).to.equal(`${join(realpathSync(run), 'report.html')}\n`);
+    expect(text.stderr).to.equal(`harness report: 9 passed, 2 failed, 6 skipped in ${realpathSync(run)}\n`);
     expect(readFileSync(join(repoRoot, 'README.md'), 'utf8')).to.include(`\`\`\`text\n${helpText(REPORT)}\`\`\``);
   });
 
