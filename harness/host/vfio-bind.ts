@@ -15,6 +15,7 @@
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readlinkSync, renameSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { sleep } from '../util/deadline.js';
+import { ownerAlive, processStart } from '../util/owner.js';
 import { cacheDir } from '../util/paths.js';
 import { deviceInUse } from './in-use.js';
 import { normalizeBdf, type HostProfile } from './profile.js';
@@ -143,16 +144,6 @@ export function checkBindable(profile: HostProfile, bdfs: string[], paths: Parti
 }
 
 /** The process's start time (stat field 22), to tell a live run from a reused pid. Always the real /proc: pids are real. */
-function processStart(pid: number | 'self'): string | undefined {
-  try {
-    // Field 22 of stat; the command name (field 2) may hold spaces, so count after its ')'.
-    const stat = readFileSync(join('/proc', String(pid), 'stat'), 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-  } catch {
-    return undefined;
-  }
-}
-
 export function readJournal(path: string): JournalEntry[] {
   let text: string;
   try {
@@ -230,13 +221,8 @@ export class VfioBinder {
   }
 
   private alive(pid: number, start: string | undefined): boolean {
-    try {
-      process.kill(pid, 0);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EPERM') return false;
-    }
-    // A reused pid is another process: compare start times when we have them.
-    return start === undefined || processStart(pid) === start;
+    // A reused pid is another process: ownerAlive compares start times when we have them.
+    return ownerAlive(start === undefined ? { pid } : { pid, start });
   }
 
   private rewriteJournal(entries: JournalEntry[]): void {

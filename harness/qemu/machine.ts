@@ -9,6 +9,7 @@ import { Transcript } from '../qmp/transcript.js';
 import { UnixListener } from '../qmp/transport.js';
 import { withDeadline, DeadlineError } from '../util/deadline.js';
 import { runArtifactsDir } from '../util/paths.js';
+import { runTmpDir } from '../util/run-tmp.js';
 import { shellQuote } from '../util/shell.js';
 import { buildArgv, type MachineDescription } from './argv.js';
 import { findQemu, type QemuBinary } from './binary.js';
@@ -109,7 +110,7 @@ export class Machine {
     const artifactsDir = opts.artifactsDir ?? join(runArtifactsDir(), 'machines', `${name}-${process.pid}-${++machineCount}`);
     mkdirSync(artifactsDir, { recursive: true });
     // Sockets live in a private 0700 directory; each is chmod 0600 as well.
-    const tmp = await tmpDir({ prefix: 'harness-qemu-', unsafeCleanup: true, mode: 0o700 });
+    const tmp = await tmpDir({ tmpdir: runTmpDir(), prefix: 'harness-qemu-', unsafeCleanup: true, mode: 0o700 });
     const listeners: UnixListener[] = [];
     try {
       const qmpListener = await UnixListener.create(join(tmp.path, 'qmp.sock'));

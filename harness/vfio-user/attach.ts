@@ -4,13 +4,13 @@
  * before launch: they get their own private directory (0700), which close()
  * removes together with the sockets.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { DeviceSpec } from '../qemu/argv.js';
 import type { DeviceDescription } from './description.js';
 import { loadDeviceDescription } from './devices/index.js';
 import { startVfioUserServer, type VfioUserServer } from './server.js';
+import { runTmpSubdir } from '../util/run-tmp.js';
 
 export interface AttachedDevice {
   /** The QEMU device id (also the socket's name). */
@@ -35,7 +35,7 @@ export class VfioUserDevices {
     if (!/^[A-Za-z][A-Za-z0-9_.-]*$/.test(opts.id)) throw new Error(`vfio-user device id ${JSON.stringify(opts.id)} is not a valid QEMU id`);
     if (this.attached.some((a) => a.id === opts.id)) throw new Error(`vfio-user device id ${opts.id} is already in use`);
     const description = typeof device === 'string' ? loadDeviceDescription(device) : device;
-    this.dir ??= mkdtempSync(join(tmpdir(), 'harness-vfio-user-'));
+    this.dir ??= runTmpSubdir('harness-vfio-user-');
     const socketPath = join(this.dir, `${opts.id}.sock`);
     const server = await startVfioUserServer({ socketPath, device: description, ...(this.log ? { log: this.log } : {}) });
     const spec: DeviceSpec = { driver: 'vfio-user-pci', id: opts.id, bus: opts.bus, socket: { type: 'unix', path: socketPath } };

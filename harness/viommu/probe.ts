@@ -3,9 +3,9 @@ import { findQemu, qemuVersion, type Arch, type QemuBinary, type QemuVersion } f
 import { readFeatures, type QemuFeatures } from '../qemu/capabilities.js';
 import { Machine } from '../qemu/machine.js';
 import { FEATURES_BY_DRIVER } from './features.js';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { runArtifactsDir } from '../util/paths.js';
 
 /** What one QEMU binary offers, read from the binary itself. */
 export interface QemuProbe {
@@ -44,8 +44,9 @@ export function probeArch(arch: Arch): Promise<QemuProbe> {
 async function doProbe(binary: QemuBinary): Promise<QemuProbe> {
   const version = await qemuVersion(binary);
   // The probe's artifacts matter only when it fails (the LaunchError names
-  // the folder); a probe that worked leaves nothing behind.
-  const artifactsDir = mkdtempSync(join(tmpdir(), 'harness-probe-'));
+  // the folder, kept in the run's artifacts); a probe that worked leaves nothing behind.
+  mkdirSync(join(runArtifactsDir(), 'probes'), { recursive: true });
+  const artifactsDir = mkdtempSync(join(runArtifactsDir(), 'probes', 'probe-'));
   const m = await Machine.launch({ arch: binary.arch, machine: { type: 'none' }, paused: true }, { binary, name: 'probe', artifactsDir });
   try {
     const features = await readFeatures(m.qmp, binary);
