@@ -22,6 +22,9 @@ export type KernelAnswers =
   | { ok: true; session: KprobeSession; detail: string }
   | { ok: false; broken: boolean; reason: string };
 
+/** The task name (comm) of the helper that asks the kernel directly (images/tools/iommufd-probe.c). */
+export const DIRECT_TASK = 'iommufd-probe';
+
 /** The self-check's requests; 0x4 with fault_id 0 is ENOENT (or EOPNOTSUPP) from iommufd on any IOMMU. */
 export const SELF_CHECK_FLAGS = [0x0, 0x4];
 
@@ -49,7 +52,7 @@ export async function openKernelAnswers(selfCheckCdev: string | undefined): Prom
     ptId: fired.value.ioasId,
     ret: r.ok ? 0 : errnoValue(r.errno ?? 'EIO'),
   }));
-  const check = compareSelfCheck(requests, session.collect(), 'iommufd-probe');
+  const check = compareSelfCheck(requests, session.collect(), DIRECT_TASK);
   session.clear();
   if (!check.ok) {
     session.stop();

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { LaunchError, type Machine } from '../qemu/machine.js';
 import { skipBecause } from '../report/skip.js';
 import { ERRNO_TEXT, errnoValue, formatHwptFlags } from '../trace/flags.js';
+import { DIRECT_TASK } from '../host/kernel-answers.js';
 import { useMachines, type MachineFixture } from '../testing/fixtures.js';
 import type { HwptAlloc, IommufdModel, KernelRecord } from '../trace/model.js';
 import type { ViommuConfig } from '../viommu/configs.js';
@@ -15,6 +16,15 @@ export interface L2Outcome {
   model: IommufdModel;
   machine?: Machine;
   error?: LaunchError;
+}
+
+/**
+ * The kernel's answers to QEMU alone: kprobes also record the harness's own
+ * direct questions (task iommufd-probe, DIRECT_TASK), and one with the same
+ * flags, dev_id and pt_id as QEMU's request would otherwise be joined to it.
+ */
+export function qemuKernelRecords(records: readonly KernelRecord[]): KernelRecord[] {
+  return records.filter((k) => !String(k.fields.task ?? '').startsWith(DIRECT_TASK));
 }
 
 /** The kernel's answer to a request asked directly (iommufd-probe), as LabHost.kernelAnswer gives it. */
@@ -60,7 +70,7 @@ export class LabFixture {
 
   /** The kernel's answers recorded since the test began. */
   kernel(): KernelRecord[] {
-    return this.opened?.kprobes?.collect() ?? [];
+    return qemuKernelRecords(this.opened?.kprobes?.collect() ?? []);
   }
 
   async launchL2(spec: L2Spec, name = 'l2'): Promise<Machine> {

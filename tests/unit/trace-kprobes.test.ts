@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { compareSelfCheck, parseKprobeTrace, probeDefinitions } from '../../harness/trace/kprobes.js';
+import { qemuKernelRecords } from '../../harness/lab/fixture.js';
 import { IommufdModel } from '../../harness/trace/model.js';
 import { TraceFormats } from '../../harness/trace/formats.js';
 import { parseTrace } from '../../harness/trace/parse.js';
@@ -48,6 +49,25 @@ describe('kernel answers from tracefs kprobes', () => {
     expect(wrong.detail).to.include('asked IOMMU_HWPT_ALLOC flags=0x0 dev_id=1 pt_id=2 ret=0; flags=0x4 dev_id=1 pt_id=3 ret=-2')
       .and.include('recorded flags=0x0 dev_id=1 pt_id=2 ret=0; flags=0x4 dev_id=1 pt_id=2 ret=-2');
     expect(compareSelfCheck(reqs, [], 'iommufd-probe').detail).to.include('recorded no request');
+  });
+
+  it('QEMU’s request is joined to QEMU’s kernel answer, never to the harness’s own direct question with the same flags', async function () {
+    const formatsPath = defaultTraceEventsPath();
+    if (!existsSync(formatsPath)) skipBecause(this, `no trace-events-all at ${formatsPath} (reference QEMU not installed)`);
+    const formats = await TraceFormats.load(formatsPath);
+    // The direct question (iommufd-probe) is answered 0 by a fake kernel; QEMU's, -95: a join that
+    // took the direct one would compare the direct answer with itself.
+    const kernel = parseKprobeTrace([
+      ' iommufd-probe-90      [000] .....   9.1: hwpt_alloc: (iommufd_fops_ioctl+0x0/0x190) cmd=0x3b89 flags=0x1 dev_id=1 pt_id=2 data_type=0 data_len=0',
+      ' iommufd-probe-90      [000] .....   9.2: hwpt_alloc_ret: (iommufd_fops_ioctl+0xf8/0x190 <- iommufd_hwpt_alloc) ret=0',
+      ' ld-linux-x86-64-95    [001] .....   9.5: hwpt_alloc: (iommufd_fops_ioctl+0x0/0x190) cmd=0x3b89 flags=0x1 dev_id=1 pt_id=2 data_type=0 data_len=0',
+      ' ld-linux-x86-64-95    [001] .....   9.6: hwpt_alloc_ret: (iommufd_fops_ioctl+0xf8/0x190 <- iommufd_hwpt_alloc) ret=-95',
+    ].join('\n'));
+    const qemu = 'iommufd_backend_alloc_ioas  iommufd=13 ioas=2\niommufd_backend_alloc_hwpt  iommufd=13 dev_id=1 pt_id=2 flags=0x1 hwpt_type=0 len=0 data_ptr=0x0 out_hwpt=0 (-1)\n';
+    const model = IommufdModel.fromParse(parseTrace(qemu, formats));
+    for (const k of qemuKernelRecords(kernel)) model.addKernel(k);
+    model.joinKernel();
+    expect(model.hwptAllocs[0]!.kernel?.fields).to.include({ task: 'ld-linux-x86-64', ret: -95 });
   });
 
   it('pairs a vIOMMU allocation with its return, not with a vendor allocator', () => {
