@@ -1,5 +1,6 @@
 import { shellQuote } from '../util/shell.js';
 import { DeadlineError } from '../util/deadline.js';
+import { scaled } from '../util/timeouts.js';
 import {
   AGENT_PROTOCOL_VERSION,
   formatPing,
@@ -222,7 +223,7 @@ export class Agent {
       const id = this.nextId++;
       const line = formatPing(id);
       this.pings.set(id, line);
-      const m = await this.request(id, line, timeoutMs, 'guest agent to answer PING').finally(() => this.pings.delete(id));
+      const m = await this.request(id, line, scaled(timeoutMs), 'guest agent to answer PING').finally(() => this.pings.delete(id));
       if (m.kind !== 'pong') throw new AgentError(`agent answered PING ${id} with ${m.kind}`);
       return { uptimeS: m.uptimeS, kernelRelease: this.kernelRelease, hostMs: Date.now() - t0 };
     });
@@ -235,8 +236,9 @@ export class Agent {
    * at all, AgentClosedError when the machine went away.
    */
   run(command: string, opts: RunOptions = {}): Promise<RunResult> {
-    const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    const graceMs = opts.graceMs ?? DEFAULT_GRACE_MS;
+    // Scaled here, once: the guest kills the command at the scaled timeout and the host waits that plus the grace.
+    const timeoutMs = scaled(opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    const graceMs = scaled(opts.graceMs ?? DEFAULT_GRACE_MS);
     return this.serialized(async () => {
       const id = this.nextId++;
       const t0 = Date.now();

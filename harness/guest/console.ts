@@ -1,4 +1,5 @@
 import { DeadlineError } from '../util/deadline.js';
+import { scaled } from '../util/timeouts.js';
 
 /**
  * Where console text comes from: a Machine's ChardevStream (harness/qemu/
@@ -129,7 +130,8 @@ export class Console {
    * (see WaitOptions.from); rejects with ConsoleTimeoutError after
    * `timeoutMs`, or ConsoleClosedError if the console closes first.
    */
-  waitFor(pattern: string | RegExp, timeoutMs: number, opts: WaitOptions = {}): Promise<ConsoleMatch> {
+  waitFor(pattern: string | RegExp, unscaledMs: number, opts: WaitOptions = {}): Promise<ConsoleMatch> {
+    const timeoutMs = scaled(unscaledMs);
     const re =
       typeof pattern === 'string' ? new RegExp(escapeRegExp(pattern)) : new RegExp(pattern.source, pattern.flags.replace(/[gy]/g, ''));
     const from = opts.from === 'start' ? this.dropped : opts.from === undefined || opts.from === 'cursor' ? this.cursor : opts.from;

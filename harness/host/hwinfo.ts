@@ -10,6 +10,7 @@
 import { accessSync, constants, existsSync } from 'node:fs';
 import { execa } from 'execa';
 import { nativeToolPath, nativeToolSource } from '../util/native-tools.js';
+import { scaled } from '../util/timeouts.js';
 
 export const PROBE_SOURCE = nativeToolSource('iommufd-probe');
 
@@ -185,7 +186,7 @@ export function parseHwptAllocJson(text: string): Probed<HwptAllocProbe> {
 
 async function runProbe(args: string[], opts: ProbeOptions): Promise<{ stdout: string; reason?: string }> {
   const tool = opts.tool ?? probeToolPath();
-  const timeout = opts.timeoutMs ?? 10_000;
+  const timeout = scaled(opts.timeoutMs ?? 10_000);
   const r = await execa(tool, args, { reject: false, timeout, stdin: 'ignore' });
   if (r.timedOut) return { stdout: '', reason: `iommufd-probe ${args.join(' ')} did not finish within ${timeout} ms` };
   if (r.failed && !r.stdout.trim()) return { stdout: '', reason: `iommufd-probe ${args.join(' ')} failed: ${r.stderr.trim() || r.shortMessage}` };

@@ -197,7 +197,7 @@ export function virtualLabDescription(o: VirtualLabOptions, vfioUser: DeviceSpec
 }
 
 /** L0's environment variables that L1's `harness run` gets too (everything else is L1's own, see runSuites). */
-export const L1_PASSED_ENV = ['QEMU_X86_64', 'HARNESS_L2_QEMU_X86_64'] as const;
+export const L1_PASSED_ENV = ['QEMU_X86_64', 'HARNESS_L2_QEMU_X86_64', 'HARNESS_TIMEOUT_MULTIPLIER'] as const;
 
 export interface SuiteRunOptions {
   timeoutMs?: number;

@@ -2,6 +2,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { execa } from 'execa';
 import { cacheDir } from '../util/paths.js';
+import { scaled } from '../util/timeouts.js';
 
 export type Arch = 'x86_64' | 'aarch64';
 export const ARCHES: readonly Arch[] = ['x86_64', 'aarch64'];
@@ -177,7 +178,7 @@ export interface QemuVersion {
 
 /** Runs `--version`; a binary that does not answer like QEMU is an error naming it. */
 export async function qemuVersion(bin: QemuBinary): Promise<QemuVersion> {
-  const r = await execa(bin.command, [...bin.prefixArgs, '--version'], { env: bin.env, reject: false, timeout: 10_000 });
+  const r = await execa(bin.command, [...bin.prefixArgs, '--version'], { env: bin.env, reject: false, timeout: scaled(10_000) });
   const line = r.stdout.split('\n')[0] ?? '';
   const m = /^QEMU emulator version (\d+)\.(\d+)\.(\d+)/.exec(line);
   if (!m) {

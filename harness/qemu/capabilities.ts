@@ -1,6 +1,7 @@
 import { execa } from 'execa';
 import type { QmpClient } from '../qmp/client.js';
 import type { QemuBinary } from './binary.js';
+import { scaled } from '../util/timeouts.js';
 
 /**
  * What one QEMU binary offers beyond its vIOMMU properties, read from the
@@ -64,7 +65,7 @@ export async function readFeatures(qmp: QmpClient, bin: QemuBinary): Promise<Qem
 
 /** `-device help` of the binary; an error naming it when it does not answer. */
 async function deviceHelp(bin: QemuBinary): Promise<string> {
-  const r = await execa(bin.command, [...bin.prefixArgs, ...bin.baseArgs, '-machine', 'none', '-device', 'help'], { env: bin.env, reject: false, timeout: 10_000, stdin: 'ignore' });
+  const r = await execa(bin.command, [...bin.prefixArgs, ...bin.baseArgs, '-machine', 'none', '-device', 'help'], { env: bin.env, reject: false, timeout: scaled(10_000), stdin: 'ignore' });
   if (r.exitCode !== 0 || !/^name "/m.test(r.stdout)) {
     throw new Error(`${bin.path} -device help: ${r.timedOut ? 'timed out after 10 s' : `exit ${r.exitCode ?? r.signal}`}, printed ${JSON.stringify((r.stdout + r.stderr).slice(0, 300))}`);
   }

@@ -1,4 +1,5 @@
 import { DeadlineError } from '../util/deadline.js';
+import { scaled } from '../util/timeouts.js';
 import { QmpDisconnectedError } from './errors.js';
 
 export interface QmpEvent {
@@ -105,10 +106,11 @@ export class EventListener implements AsyncIterable<QmpEvent> {
           reject(err);
         },
       };
+      const limit = scaled(timeoutMs);
       const timer = setTimeout(() => {
         this.waiters.splice(this.waiters.indexOf(waiter), 1);
-        reject(new DeadlineError(`waiting for QMP event ${this.describe()}`, timeoutMs, this.droppedNote()));
-      }, timeoutMs);
+        reject(new DeadlineError(`waiting for QMP event ${this.describe()}`, limit, this.droppedNote()));
+      }, limit);
       this.waiters.push(waiter);
     });
   }

@@ -1,4 +1,5 @@
 import { DeadlineError, withDeadline } from '../util/deadline.js';
+import { scaled } from '../util/timeouts.js';
 import { QmpCommandError, QmpDisconnectedError, QmpNegotiationError, QmpProtocolError } from './errors.js';
 import { DEFAULT_MAX_QUEUED_EVENTS, EventHub, type EventFilter, type EventListener, type QmpEvent } from './events.js';
 import { DEFAULT_MAX_MESSAGE_BYTES, JsonObjectSplitter, encode, quote, show, type QmpMessage } from './framing.js';
@@ -126,7 +127,7 @@ export class QmpConnection {
     const id = `h${this.nextId++}`;
     const msg: QmpMessage = { [opts.oob ? 'exec-oob' : 'execute']: command, id };
     if (args !== undefined) msg.arguments = args;
-    const timeoutMs = opts.timeoutMs ?? this.commandTimeoutMs;
+    const timeoutMs = scaled(opts.timeoutMs ?? this.commandTimeoutMs);
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);

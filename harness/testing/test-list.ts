@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import Mocha from 'mocha';
 import type { TestResult } from '../report/junit.js';
 import { repoRoot } from '../util/paths.js';
+import { scaled } from '../util/timeouts.js';
 
 /** The suites `harness run` knows, as folders of compiled tests under dist/tests. */
 export const SUITES = ['qemu', 'guest', 'virtual-lab', 'lab'] as const;
@@ -105,7 +106,7 @@ export function exactTitles(titles: Iterable<string>): string {
 export function listTestsSync(suites: readonly string[], timeoutMs = 60_000): ListedTest[] {
   const out = execFileSync(process.execPath, [join(repoRoot, 'dist', 'harness', 'cli.js'), 'run', '--list', '--json', ...suites.flatMap((s) => ['--suite', s])], {
     encoding: 'utf8',
-    timeout: timeoutMs,
+    timeout: scaled(timeoutMs),
     stdio: ['ignore', 'pipe', 'pipe'],
     maxBuffer: 64 << 20,
   });
