@@ -1,5 +1,5 @@
 import type { Agent } from './agent.js';
-import { decodePasidCap, walkPciCaps, type PasidCap, type PciCapWalk } from './pci-caps.js';
+import { decodePasidCap, walkPciCaps, type PasidCap, type PciCapWalk } from '../pci/caps.js';
 
 /** One PCI function as the guest's sysfs shows it. */
 export interface GuestPciFunction {

@@ -15,7 +15,7 @@ import { summarizeVtd } from '../guest/vtd-regs.js';
 import type { Arch } from '../qemu/binary.js';
 import { hostQemuArch, kvmUnavailableReason } from './kvm.js';
 import { decodeSmmuIdr, probeHwptAlloc, probeToolBuilt, probeToolPath, readHwInfo } from './hwinfo.js';
-import { extCapsUnreadableReason, summarizeExtCaps, type ExtCapsSummary } from './pci-config.js';
+import { extCapsUnreadableReason, summarizeExtCaps, type ExtCapsSummary } from '../pci/config.js';
 import { platformArch, resolveAccel, type DeviceRole, type HostProfile } from './profile.js';
 import { hostPaths, iommufdVfioState, listIommus, readPciConfig, readPciDevice, type HostPaths, type IommufdVfioState, type IommuKind } from './sysfs.js';
 import { VfioBinder, type BinderOptions } from './vfio-bind.js';

@@ -1,5 +1,5 @@
 import type { Agent } from '../guest/agent.js';
-import { findExtCap } from '../guest/pci-caps.js';
+import { findExtCap } from '../pci/caps.js';
 import { listPciFunctions, walkGuestPciCaps } from '../guest/pci-sysfs.js';
 
 /**

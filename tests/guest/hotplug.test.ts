@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import type { Agent } from '../../harness/guest/agent.js';
-import { describeCaps, findStdCap, walkPciCaps } from '../../harness/guest/pci-caps.js';
+import { describeCaps, findStdCap, walkPciCaps } from '../../harness/pci/caps.js';
 import { NATIVE_PCIE_HOTPLUG, rootPorts } from '../../harness/qemu/topology.js';
 import { boot, useGuest } from './helpers.js';
 

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { describeCaps } from '../../harness/guest/pci-caps.js';
+import { describeCaps } from '../../harness/pci/caps.js';
 import { guestPasidCap, listPciFunctions, walkGuestPciCaps } from '../../harness/guest/pci-sysfs.js';
 import { rootPorts } from '../../harness/qemu/topology.js';
 import { boot, useGuest } from './helpers.js';

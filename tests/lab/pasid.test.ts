@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { summarizeVtd } from '../../harness/guest/vtd-regs.js';
 import type { HwInfo } from '../../harness/host/hwinfo.js';
 import { readPciConfig, hostPaths } from '../../harness/host/sysfs.js';
-import { summarizeExtCaps } from '../../harness/host/pci-config.js';
+import { summarizeExtCaps } from '../../harness/pci/config.js';
 import { profileFromEnv, type ProfileDevice } from '../../harness/host/profile.js';
 import type { HostReport, HostPrerequisites } from '../../harness/host/report.js';
 import { useLabHost } from '../../harness/lab/fixture.js';

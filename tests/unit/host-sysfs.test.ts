@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { blockDevicesBelow, deviceInUse, parseMountinfo, parseSwaps } from '../../harness/host/in-use.js';
-import { decodePriCap, extCapsUnreadableReason, summarizeExtCaps } from '../../harness/host/pci-config.js';
+import { decodePriCap, extCapsUnreadableReason, summarizeExtCaps } from '../../harness/pci/config.js';
 import { iommufdVfioState, listIommus, listPciDevices, readPciDevice, REAL_HOST } from '../../harness/host/sysfs.js';
 import { skipBecause } from '../../harness/report/skip.js';
 import { repoRoot } from '../../harness/util/paths.js';

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { decodeAtsCap, decodePasidCap, describeCaps, findExtCap, walkPciCaps } from '../../harness/guest/pci-caps.js';
+import { decodeAtsCap, decodePasidCap, describeCaps, findExtCap, walkPciCaps } from '../../harness/pci/caps.js';
 import { parsePciList } from '../../harness/guest/pci-sysfs.js';
 import { repoRoot } from '../../harness/util/paths.js';
 

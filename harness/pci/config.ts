@@ -1,13 +1,13 @@
 /**
  * The PCI extended capabilities the scenarios depend on (PASID, ATS, PRI)
  * and the PCIe port type, from a function's configuration space as sysfs
- * gives it. The list walk itself is harness/guest/pci-caps.ts; this adds PRI
+ * gives it. The list walk itself is ./caps.ts; this adds PRI
  * and the summary doctor prints.
  *
  * sysfs gives non-root readers only the first 64 bytes: then nothing past
  * the header is visible and the summary says so instead of "no PASID".
  */
-import { decodeAtsCap, decodePasidCap, findExtCap, findStdCap, walkPciCaps, type AtsCap, type PasidCap, type PciCapWalk } from '../guest/pci-caps.js';
+import { decodeAtsCap, decodePasidCap, findExtCap, findStdCap, walkPciCaps, type AtsCap, type PasidCap, type PciCapWalk } from './caps.js';
 
 export const PCI_EXT_CAP_ATS = 0x0f;
 export const PCI_EXT_CAP_PRI = 0x13;

@@ -1,8 +1,8 @@
 /**
  * Walks a PCI function's capability lists from its configuration space as
- * the guest's sysfs gives it (/sys/bus/pci/devices/BDF/config: 4096 bytes
- * for root on a PCIe function with ECAM, 256 for conventional PCI, 64 for
- * anyone else). The virtual lab uses it to find the PASID capability that
+ * sysfs gives it (/sys/bus/pci/devices/BDF/config: 4096 bytes for root on a
+ * PCIe function with ECAM, 256 for conventional PCI, 64 for anyone else),
+ * on a lab host (doctor) and in a guest alike. The virtual lab uses it to find the PASID capability that
  * vfio-pci synthesizes; guest tests use it on emulated devices.
  *
  * A malformed list (a pointer into the header, a misaligned pointer, a loop,
