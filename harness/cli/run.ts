@@ -9,8 +9,9 @@
  *        or every QEMU-needing test skipped for want of a usable QEMU)
  *   128  bad usage or bad input (unknown option or suite, a QEMU path that
  *        does not exist or is not executable, a bad profile, a --grep that
- *        matches nothing, a test file that does not load): stops the
- *        bisection instead of blaming a commit
+ *        matches nothing, a test file that does not load, a report path
+ *        that cannot be written): stops the bisection instead of blaming a commit
+ *   130  interrupted by SIGINT (143 by SIGTERM): harness/testing/run-interrupts.ts
  */
 import { readFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
@@ -34,7 +35,11 @@ import {
   testKey,
   type ListedTest,
 } from '../testing/test-list.js';
+import { superviseInterrupts } from '../testing/run-interrupts.js';
+import { startRunFiles } from '../report/run-files.js';
+import { interruptExitCode, interruption } from '../util/interrupt.js';
 import { artifactsRoot } from '../util/paths.js';
+import { runTmpDir } from '../util/run-tmp.js';
 import { parseTimeoutMultiplier, scaleMochaTimeouts, TIMEOUT_MULTIPLIER_ENV, timeoutMultiplier } from '../util/timeouts.js';
 import { EXIT, runCommandSpec, str, strs, UsageError, type CommandSpec, type Io, type Parsed } from './options.js';
 
@@ -66,7 +71,10 @@ export const RUN: CommandSpec = {
        every test skipped, or every QEMU-needing test skipped for want of a QEMU
   128  bad usage or input: unknown option, suite or stray argument, a QEMU path
        that does not exist or is not executable, a bad profile, a --grep (or
-       --failed) that selects nothing, a test file that does not load`,
+       --failed) that selects nothing, a test file that does not load, a JUnit
+       or artifacts path that cannot be written
+  130  interrupted by SIGINT (143: SIGTERM): the running test failed as
+       interrupted, QEMUs stopped, the JUnit says so; a second signal ends it at once`,
 };
 
 export function runCommand(args: string[], io: Io = process): Promise<number> {
@@ -226,11 +234,20 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
     return EXIT.ok;
   }
 
+  // This run's latest link and a JUnit that fails until the run writes its own, before any test:
+  // a report path that cannot be written stops the run here, and no older run's verdict stands as this one's.
+  try {
+    startRunFiles();
+  } catch (e) {
+    throw new UsageError((e as Error).message, false);
+  }
   const qemus = await checkQemus(origins);
   if (qemus.broken) {
     io.stderr.write(`harness run: ${qemus.broken}\n(exit ${EXIT.untestable}: this commit cannot be tested; git bisect run skips it)\n`);
     return EXIT.untestable;
   }
+  // Temp folders a killed run left (their owner dead) go first: runTmpDir sweeps them as it makes this run's.
+  runTmpDir();
   // Devices a killed run left on vfio-pci go back to their drivers first.
   if (profile) {
     const journal = process.env.HARNESS_VFIO_JOURNAL;
@@ -239,8 +256,10 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
   const { mochaHooks } = await import('../testing/root-hooks.js');
   mocha.rootHooks(mochaHooks);
   const counts: RunCounts = { passed: 0, failed: 0, skipped: 0, noQemuSkips: 0 };
+  let supervised = (): void => {};
   await new Promise<void>((resolve) => {
     const runner = mocha.run(() => resolve());
+    supervised = superviseInterrupts(runner, (line) => io.stderr.write(`\nharness run: ${line}\n`));
     const { EVENT_TEST_PASS, EVENT_TEST_FAIL, EVENT_TEST_PENDING } = Mocha.Runner.constants;
     runner.on(EVENT_TEST_PASS, () => counts.passed++);
     runner.on(EVENT_TEST_FAIL, () => counts.failed++);
@@ -249,6 +268,12 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
       if (NO_QEMU_SKIP.test(t.skipReason ?? '')) counts.noQemuSkips++;
     });
   });
+  supervised();
+  const stop = interruption();
+  if (stop) {
+    io.stderr.write(`harness run: interrupted by ${stop.signal} (exit ${interruptExitCode(stop.signal)})\n`);
+    return interruptExitCode(stop.signal);
+  }
   const status = runExitStatus(counts, qemus.usable.length > 0);
   if (status === EXIT.untestable) {
     const why = counts.passed === 0 ? `no test ran (${counts.skipped} skipped)` : `${counts.noQemuSkips} tests skipped for want of a usable QEMU and no arch has one:\n  ${qemus.missing.join('\n  ')}`;

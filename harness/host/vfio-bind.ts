@@ -15,6 +15,7 @@
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readlinkSync, renameSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { sleep } from '../util/deadline.js';
+import { runOwnsInterrupts } from '../util/interrupt.js';
 import { ownerAlive, processStart } from '../util/owner.js';
 import { cacheDir } from '../util/paths.js';
 import { deviceInUse } from './in-use.js';
@@ -382,6 +383,9 @@ export class VfioBinder {
   installSignalHandlers(): () => void {
     this.removeHandlers?.();
     const onSignal = (sig: NodeJS.Signals): void => {
+      // harness run fails the test, stops its QEMUs (which hold the devices) and
+      // then gives them back through the lab's teardown or this exit handler.
+      if (runOwnsInterrupts()) return;
       const results = this.restoreAll();
       for (const r of results) this.log(`${sig}: ${r.bdf}: ${r.detail}`);
       remove();

@@ -296,9 +296,18 @@ export class Machine {
     this.proc.kill(signal);
   }
 
-  /** Shuts down every machine still running (root hooks call this after the run). */
-  static async shutdownAll(): Promise<void> {
-    await Promise.all([...live].map((m) => m.shutdown().catch(() => {})));
+  /**
+   * Shuts down every machine still running (root hooks call this after the
+   * run; an interrupted run with short deadlines, since a stopped QEMU answers
+   * neither quit nor SIGTERM).
+   */
+  static async shutdownAll(opts: { quitTimeoutMs?: number; termTimeoutMs?: number } = {}): Promise<void> {
+    await Promise.all([...live].map((m) => m.shutdown(opts).catch(() => {})));
+  }
+
+  /** The pids of the machines still running. */
+  static get livePids(): number[] {
+    return [...live].map((m) => m.pid);
   }
 
   static get liveCount(): number {

@@ -1,9 +1,11 @@
-import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { appendFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import Mocha from 'mocha';
-import { artifactsRoot, runArtifactsDir } from '../util/paths.js';
+import { interruption, type Interrupt } from '../util/interrupt.js';
+import { runArtifactsDir } from '../util/paths.js';
 import { junitXml, summaryText, type TestResult } from './junit.js';
 import { reportAtRunEnd } from './html/index.js';
+import { junitPath, writeFileAtomic } from './run-files.js';
 import type { SkippableTest } from './skip.js';
 
 /** Where a fixture put the test's artifacts (set by tests/support/fixtures). */
@@ -50,31 +52,60 @@ export default class HarnessReporter extends Mocha.reporters.Spec {
       if ((t as Mocha.Runnable & { type?: string }).type === 'hook' && t.parent) failedHooks.set(t.parent, t.title);
     });
     runner.on(Mocha.Runner.constants.EVENT_TEST_PENDING, (t: T) => add(t, 'skipped'));
-    runner.once(Mocha.Runner.constants.EVENT_RUN_END, () => {
-      this.results.push(...neverRan(runner, this.results));
-      const path = process.env.HARNESS_JUNIT ?? join(artifactsRoot(), 'junit.xml');
-      mkdirSync(dirname(path), { recursive: true });
-      const xml = junitXml(this.results);
-      writeFileSync(path, xml);
-      // The run's folder keeps its own copy (artifacts/junit.xml is the latest run's).
-      if (!process.env.HARNESS_JUNIT) {
-        mkdirSync(runArtifactsDir(), { recursive: true });
-        writeFileSync(join(runArtifactsDir(), 'junit.xml'), xml);
-      }
-      // Machine-readable results: in the run's folder for `harness run --failed`,
-      // and at HARNESS_RESULTS_JSON for a run inside the virtual lab's L1 whose
-      // results the L0 run checks and merges into its own report.
-      const json = JSON.stringify(this.results, null, 1);
-      mkdirSync(runArtifactsDir(), { recursive: true });
-      writeFileSync(join(runArtifactsDir(), 'results.json'), json);
-      if (process.env.HARNESS_RESULTS_JSON) writeFileSync(process.env.HARNESS_RESULTS_JSON, json);
-      // Mocha's own epilogue was registered first and has printed by now;
-      // synchronous, because with --exit mocha ends the process right after.
-      console.log(`\n${summaryText(this.results)}\nJUnit: ${path}\nArtifacts: ${runArtifactsDir()}`);
-      // The run's HTML report (and each test's model.json, failure.txt): harness/report/html.
-      console.log(reportAtRunEnd(runArtifactsDir(), this.results));
-    });
+    runner.once(Mocha.Runner.constants.EVENT_RUN_END, () => this.finish(runner));
+    active = { reporter: this, runner };
   }
+
+  private finished = false;
+
+  /**
+   * Writes the run's JUnit, results and summary, once: at the end of the run,
+   * or from harness run when an interrupted run's hooks overran their deadline.
+   */
+  finish(runner: Mocha.Runner): void {
+    if (this.finished) return;
+    this.finished = true;
+    if (active?.reporter === this) active = undefined;
+    this.results.push(...neverRan(runner, this.results));
+    const stop = interruption();
+    if (stop) this.results.push(interruptedRun(stop, this.results));
+    const path = junitPath();
+    const xml = junitXml(this.results);
+    writeFileAtomic(path, xml);
+    // The run's folder keeps its own copy (artifacts/junit.xml is the latest run's).
+    if (!process.env.HARNESS_JUNIT) writeFileAtomic(join(runArtifactsDir(), 'junit.xml'), xml);
+    // Machine-readable results: in the run's folder for `harness run --failed`,
+    // and at HARNESS_RESULTS_JSON for a run inside the virtual lab's L1 whose
+    // results the L0 run checks and merges into its own report.
+    const json = JSON.stringify(this.results, null, 1);
+    writeFileAtomic(join(runArtifactsDir(), 'results.json'), json);
+    if (process.env.HARNESS_RESULTS_JSON) writeFileSync(process.env.HARNESS_RESULTS_JSON, json);
+    // Mocha's own epilogue was registered first and has printed by now;
+    // synchronous, because with --exit mocha ends the process right after.
+    console.log(`\n${summaryText(this.results)}${stop ? `\nINTERRUPTED by ${stop.signal}` : ''}\nJUnit: ${path}\nArtifacts: ${runArtifactsDir()}`);
+    // The run's HTML report (and each test's model.json, failure.txt): harness/report/html.
+    console.log(reportAtRunEnd(runArtifactsDir(), this.results));
+  }
+}
+
+/** The reporter of the run in progress, for an interrupted run that must write its reports without mocha. */
+let active: { reporter: HarnessReporter; runner: Mocha.Runner } | undefined;
+
+/** Writes the reports of the run in progress now (a no-op once they are written). */
+export function finishActiveReport(): void {
+  active?.reporter.finish(active.runner);
+}
+
+/** The result that marks an interrupted run as one (a failure, so no CI reads it as a pass). */
+function interruptedRun(stop: Interrupt, results: readonly TestResult[]): TestResult {
+  const never = results.filter((r) => r.error?.startsWith('never ran: ')).length;
+  return {
+    suite: '(run)',
+    title: 'the run finished',
+    state: 'failed',
+    durationMs: 0,
+    error: `interrupted by ${stop.signal} at ${new Date(stop.atMs).toISOString()}: ${results.length - never} tests gave a result, ${never} never ran`,
+  };
 }
 
 /** Per runner: the suites whose hook failed, and that hook's title. */
@@ -96,7 +127,8 @@ function neverRan(runner: Mocha.Runner, results: readonly TestResult[]): TestRes
     for (const t of s.tests) {
       if (grep && grep.test(t.fullTitle()) === invert) continue;
       if (t.isPending() || seen.has(`${suitePath(t)}\u0000${t.title}`)) continue;
-      let why = 'mocha gave it no result by the end of the run';
+      const stop = interruption();
+      let why = stop ? `the run was interrupted by ${stop.signal}` : 'mocha gave it no result by the end of the run';
       for (let p: Mocha.Suite | undefined = t.parent; p; p = p.parent) {
         const hook = failed.get(p);
         if (hook) {

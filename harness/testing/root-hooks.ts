@@ -1,6 +1,7 @@
-import { mkdirSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { Machine } from '../qemu/machine.js';
+import { pointLatestAt } from '../report/run-files.js';
 import { artifactsRoot, runArtifactsDir } from '../util/paths.js';
 
 /** Runs kept under artifacts/runs; older ones are removed when a run starts. */
@@ -14,13 +15,8 @@ export const mochaHooks = {
     const runs = join(artifactsRoot(), 'runs');
     const old = readdirSync(runs).sort().slice(0, -KEEP_RUNS);
     for (const r of old) rmSync(join(runs, r), { recursive: true, force: true });
-    const latest = join(artifactsRoot(), 'latest');
-    rmSync(latest, { force: true });
-    try {
-      symlinkSync(join('runs', basename(dir)), latest);
-    } catch {
-      /* a file system without symlinks (9p in L1): the run folder is still there */
-    }
+    // In one rename: at no moment does latest name an older run (harness run points it before this).
+    pointLatestAt(dir);
   },
   async afterAll(this: Mocha.Context): Promise<void> {
     this.timeout(60_000);
