@@ -55,5 +55,7 @@ fi
 # aarch64, cached by source hash.
 sh scripts/build-tools.sh
 
-# 5. The harness itself (tests and the CLI run as compiled JavaScript).
+# 5. The harness itself (tests and the CLI run as compiled JavaScript); compiled
+# files whose source was deleted go, so a deleted test stops running.
 npx tsc -p .
+sh scripts/clean-dist.sh

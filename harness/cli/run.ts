@@ -213,7 +213,7 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
 
   const all = collectTests(mocha.suite);
   const failures = values.failed ? lastFailures() : undefined;
-  const selected = (t: Mocha.Test, l: ListedTest): boolean =>
+  const selected = (_t: Mocha.Test, l: ListedTest): boolean =>
     (!grepRe || grepRe.test(fullTitle(l))) &&
     (!failures || failures.tests.has(testKey(l)) || [...failures.suites].some((s) => testKey(l).startsWith(`${s} › `)));
   const keep = new Set(all.filter(({ test, listed }) => selected(test, listed)).map(({ test }) => test));

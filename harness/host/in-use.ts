@@ -16,7 +16,7 @@ export interface MountEntry {
 }
 
 /** mountinfo's octal escapes (\040 for a space) back to characters. */
-const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+const unescapeOctal = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 
 /**
  * /proc/PID/mountinfo (proc(5)): ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS
@@ -29,7 +29,7 @@ export function parseMountinfo(text: string): MountEntry[] {
     const f = line.split(' ');
     const sep = f.indexOf('-', 6);
     if (f.length < 10 || sep < 0 || !/^\d+:\d+$/.test(f[2] ?? '')) continue;
-    out.push({ majMin: f[2]!, mountPoint: unescape(f[4]!), fsType: f[sep + 1] ?? '', source: unescape(f[sep + 2] ?? '') });
+    out.push({ majMin: f[2]!, mountPoint: unescapeOctal(f[4]!), fsType: f[sep + 1] ?? '', source: unescapeOctal(f[sep + 2] ?? '') });
   }
   return out;
 }
@@ -39,7 +39,7 @@ export function parseSwaps(text: string): string[] {
   return text
     .split('\n')
     .slice(1)
-    .map((l) => unescape(l.split(/\s+/)[0] ?? ''))
+    .map((l) => unescapeOctal(l.split(/\s+/)[0] ?? ''))
     .filter(Boolean);
 }
 

@@ -77,7 +77,7 @@ export class Machine {
     readonly artifactsDir: string,
     private readonly tmp: DirectoryResult,
     private readonly proc: ResultPromise,
-    private readonly stderrLog: WriteStream,
+    stderrLog: WriteStream,
     private readonly listeners: UnixListener[],
     readonly traceFile: string | undefined,
   ) {

@@ -8,7 +8,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import Mocha from 'mocha';
+import type Mocha from 'mocha';
 import type { TestResult } from '../report/junit.js';
 import { repoRoot } from '../util/paths.js';
 import { scaled } from '../util/timeouts.js';

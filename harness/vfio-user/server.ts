@@ -28,7 +28,6 @@ import {
   Command,
   DEFAULT_CAPABILITIES,
   DEVICE_INFO_SIZE,
-  DMA_MAP_SIZE,
   DMA_UNMAP_SIZE,
   DeviceInfoFlags,
   DmaUnmapFlags,

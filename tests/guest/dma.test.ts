@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { decodeAtsCap, walkPciCaps } from '../../harness/pci/caps.js';
+import { decodeAtsCap } from '../../harness/pci/caps.js';
 import { parseDmarTranslationStruct } from '../../harness/guest/vtd-debugfs.js';
 import { rootPorts } from '../../harness/qemu/topology.js';
 import { boot, useGuest } from './helpers.js';

@@ -3,7 +3,6 @@ import { expect } from 'chai';
 import { execa } from 'execa';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { summarizeVtd } from '../../harness/guest/vtd-regs.js';
 import type { HwInfo } from '../../harness/host/hwinfo.js';
 import { readPciConfig, hostPaths } from '../../harness/host/sysfs.js';
 import { summarizeExtCaps } from '../../harness/pci/config.js';
@@ -17,7 +16,6 @@ import { l2Description, oracleViommu, probeL2, type L2Spec } from '../../harness
 import { bootGuest } from '../../harness/guest/boot.js';
 import { findGuestImage } from '../../harness/guest/image.js';
 import { guestPciFunctionsWithPasid } from '../../harness/lab/guest-pasid.js';
-import { LaunchError } from '../../harness/qemu/machine.js';
 import { skipBecause } from '../../harness/report/skip.js';
 import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
 import { expectHwpt } from '../../harness/trace/oracle.js';

@@ -27,7 +27,10 @@ describe('timeout multiplier', () => {
     expect(parseTimeoutMultiplier('2.5', '--timeout-multiplier')).to.equal(2.5);
     expect(parseTimeoutMultiplier('1', 'x')).to.equal(1);
     for (const bad of ['0.5', '0', '-2', 'abc', '1e3', '', '101', 'Infinity']) {
-      expect(() => parseTimeoutMultiplier(bad, '--timeout-multiplier'), bad).to.throw(RangeError, `--timeout-multiplier wants a number from 1 to 100 (e.g. 2.5), not ${JSON.stringify(bad)}`);
+      expect(() => parseTimeoutMultiplier(bad, '--timeout-multiplier'), bad).to.throw(
+        RangeError,
+        `--timeout-multiplier wants a number from 1 to 100 (e.g. 2.5), not ${JSON.stringify(bad)}`,
+      );
     }
     expect(() => timeoutMultiplier({ [TIMEOUT_MULTIPLIER_ENV]: 'x2' })).to.throw(/\$HARNESS_TIMEOUT_MULTIPLIER wants .* not "x2"/);
     expect(timeoutMultiplier({})).to.equal(1);
@@ -44,14 +47,24 @@ describe('timeout multiplier', () => {
   it('withDeadline waits the scaled time and says so in its error', async () => {
     const never = new Promise<never>(() => {});
     const t0 = Date.now();
-    const e = await withMultiplier('4', () => withDeadline(never, 50, 'a test wait').then(() => undefined, (x: unknown) => x));
+    const e = await withMultiplier('4', () =>
+      withDeadline(never, 50, 'a test wait').then(
+        () => undefined,
+        (x: unknown) => x,
+      ),
+    );
     const took = Date.now() - t0;
     expect(e).to.be.instanceOf(DeadlineError);
     expect((e as DeadlineError).ms).to.equal(200);
     expect((e as Error).message).to.equal('a test wait: no answer within 200 ms (50 ms x 4 from $HARNESS_TIMEOUT_MULTIPLIER)');
     expect(took).to.be.at.least(195);
     // Unscaled, the same wait gives up at its own 50 ms.
-    const e1 = await withMultiplier(undefined, () => withDeadline(never, 50, 'a test wait').then(() => undefined, (x: unknown) => x));
+    const e1 = await withMultiplier(undefined, () =>
+      withDeadline(never, 50, 'a test wait').then(
+        () => undefined,
+        (x: unknown) => x,
+      ),
+    );
     expect((e1 as Error).message).to.equal('a test wait: no answer within 50 ms');
   });
 
@@ -83,7 +96,9 @@ describe('timeout multiplier', () => {
   it('harness run --timeout-multiplier refuses a bad factor with exit 128, naming the option', async () => {
     const out = sink();
     const err = sink();
-    const status = await withMultiplier(undefined, () => runCommand(['--list', '--suite', 'qemu', '--timeout-multiplier', '0.5'], { stdout: out.stream, stderr: err.stream }));
+    const status = await withMultiplier(undefined, () =>
+      runCommand(['--list', '--suite', 'qemu', '--timeout-multiplier', '0.5'], { stdout: out.stream, stderr: err.stream }),
+    );
     expect(status).to.equal(128);
     expect(err.text()).to.contain('--timeout-multiplier wants a number from 1 to 100 (e.g. 2.5), not "0.5"');
   });
