@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
 import { devicesWithRole, loadProfile, profileFromEnv, type DeviceRole, type HostProfile, type ProfileDevice } from '../host/profile.js';
+import { DeviceLeases, leaseAndBind } from '../host/lease.js';
 import { VfioBinder, type BoundDevice } from '../host/vfio-bind.js';
 import { decodeSmmuIdr, probeHwptAlloc, readHwInfo, type HwInfo, type Probed } from '../host/hwinfo.js';
 import { openKernelAnswers, type KernelAnswers } from '../host/kernel-answers.js';
@@ -23,6 +24,10 @@ export class LabHost {
     readonly kernelAnswers: KernelAnswers,
     /** What this host can do, each with the exact reason (harness doctor's view). */
     readonly prerequisites: HostPrerequisites,
+    /** This run's device leases (another run on the machine never takes these). */
+    readonly leases: DeviceLeases,
+    /** Devices another run held past the lease deadline, with the reason ("device X is leased by run PID N"). */
+    readonly leasedElsewhere: Map<string, string>,
   ) {}
 
   /** Why no lab suite can run on this host, or undefined. */
@@ -45,10 +50,14 @@ export class LabHost {
     binder.installSignalHandlers();
     // binding-test devices are the binding tests' own (tests/lab/host.test.ts): never held for a suite.
     const suiteDevices = profile.devices.filter((d) => d.role !== 'binding-test').map((d) => d.bdf);
-    const bound = new Map((await binder.bind(suiteDevices)).map((b) => [b.bdf, b]));
+    // A device another run holds is waited for (all at once, one deadline), then left to it:
+    // tests that need it skip naming the holder. Leases go after the binder's exit handler.
+    const leases = new DeviceLeases();
+    const { bound: taken, elsewhere: leasedElsewhere } = await leaseAndBind(binder, leases, suiteDevices);
+    const bound = new Map(taken.map((b) => [b.bdf, b]));
     const kernelAnswers = await openKernelAnswers([...bound.values()][0]?.cdev);
     const prerequisites = hostPrerequisites(await probeHost({ profile }));
-    return new LabHost(profile, binder, bound, kernelAnswers, prerequisites);
+    return new LabHost(profile, binder, bound, kernelAnswers, prerequisites, leases, leasedElsewhere);
   }
 
   /** The kprobe session when the kernel's answers are available (self-checked), else undefined. */
@@ -107,7 +116,10 @@ export class LabHost {
 
   /** The first profile device with `role`, or a skip naming the missing role. */
   device(ctx: Mocha.Context, role: DeviceRole): ProfileDevice & { cdev: string } {
-    const d = devicesWithRole(this.profile, role).find((x) => this.bound.has(x.bdf));
+    const withRole = devicesWithRole(this.profile, role);
+    const d = withRole.find((x) => this.bound.has(x.bdf));
+    const elsewhere = withRole.map((x) => this.leasedElsewhere.get(x.bdf)).find(Boolean);
+    if (!d && elsewhere) return skipBecause(ctx, elsewhere);
     if (!d) return skipBecause(ctx, `no device with role ${role} in host profile ${this.profile.name}`);
     return { ...d, cdev: this.bound.get(d.bdf)!.cdev };
   }
@@ -115,6 +127,7 @@ export class LabHost {
   close(): void {
     this.kprobes?.stop();
     this.binder.restoreAll();
+    this.leases.releaseAll();
   }
 }
 
