@@ -68,6 +68,18 @@ describe('arm64 L1 guest (TCG): UEFI, ACPI, SMMUv3, the arm64 root over 9p', fun
     expect(image.root!.manifest.nodeVersion.split(/[+~-]/)[0], 'Debian nodejs version in the root manifest').to.equal(version!.slice(1));
   });
 
+  it("has KVM (VHE at EL2) and runs the root's own qemu-system-aarch64, L2's QEMU, natively", async () => {
+    expect(await g.agent.check('dmesg')).to.match(/kvm \[\d+\]: VHE mode initialized successfully/);
+    expect((await g.agent.check('test -c /dev/kvm && echo ok')).trim()).to.equal('ok');
+    const t0 = Date.now();
+    const v = await g.agent.check('/usr/bin/qemu-system-aarch64 --version', { timeoutMs: 60_000 });
+    console.log(`      qemu-system-aarch64 --version in L1: ${Date.now() - t0} ms`);
+    // "QEMU emulator version 11.1.3 (Debian 1:11.1.3+ds-1)": the root manifest's package.
+    expect(v.split('\n')[0]).to.equal(`QEMU emulator version ${image.root!.manifest.qemuVersion.replace(/^\d+:/, '').split(/[+~-]/)[0]} (Debian ${image.root!.manifest.qemuVersion})`);
+    const accels = await g.agent.check('/usr/bin/qemu-system-aarch64 -accel help', { timeoutMs: 60_000 });
+    expect(accels.split('\n')).to.include('kvm');
+  });
+
   it('has /dev/iommu and an SMMUv3 the kernel probed from IORT', async () => {
     expect((await g.agent.check('test -c /dev/iommu && echo ok')).trim()).to.equal('ok');
     const dmesg = await g.agent.check('dmesg');
