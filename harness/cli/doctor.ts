@@ -6,6 +6,7 @@
  */
 import { hostPrerequisites, probeHost, type DeviceReport, type HostReport, type Prerequisite, type VtdReport } from '../host/report.js';
 import { loadProfile, profileFromEnv, type HostProfile } from '../host/profile.js';
+import { checkHostList, formatChecklist } from '../host/checklist.js';
 import { hostPathsUnder } from '../host/sysfs.js';
 import { runCommandSpec, str, UsageError, type CommandSpec, type Io, type Parsed } from './options.js';
 
@@ -20,7 +21,8 @@ export const DOCTOR: CommandSpec = {
     profile: { type: 'string', value: 'PATH|NAME', help: 'host profile (a path, or a name from qemu-configs/hosts); default $HARNESS_HOST_PROFILE' },
     bind: { type: 'boolean', help: "bind the profile's devices to vfio-pci for IOMMU_GET_HW_INFO, then give them back" },
     'hwpt-flags': { type: 'string', value: '0x0,0x8,...', help: 'with --bind (or devices already on vfio-pci): IOMMU_HWPT_ALLOC flags to try' },
-    root: { type: 'string', value: 'DIR', help: 'read sys/, dev/ and proc/ below DIR instead of / (fake hosts in tests)' },
+    checklist: { type: 'boolean', help: 'only the lab-machine checklist (kernel options, command line, modules, permissions), each item checked here, with the fix for what is not met' },
+    root: { type: 'string', value: 'DIR', help: 'read sys/, dev/, proc/ (and boot/) below DIR instead of / (fake hosts in tests)' },
   },
   epilogue: 'exit status: 0 report printed, 1 a device could not be given back to its driver, 128 bad usage or an invalid profile',
 };
@@ -55,6 +57,11 @@ async function doctor({ values }: Parsed, io: Io): Promise<number> {
     }
   }
   const root = str(values, 'root');
+  const checklist = checkHostList(root ? { paths: hostPathsUnder(root) } : {});
+  if (values.checklist) {
+    io.stdout.write(values.json ? `${JSON.stringify(checklist, null, 2)}\n` : formatChecklist(checklist));
+    return 0;
+  }
   const report = await probeHost({
     ...(root && { paths: hostPathsUnder(root) }),
     ...(profile && { profile }),
@@ -63,9 +70,15 @@ async function doctor({ values }: Parsed, io: Io): Promise<number> {
     binder: { log: (l) => io.stderr.write(`harness doctor: ${l}\n`) },
   });
   const prerequisites = hostPrerequisites(report);
-  if (values.json) io.stdout.write(`${JSON.stringify({ ...report, prerequisites }, null, 2)}\n`);
-  else io.stdout.write(formatReport(report, prerequisites));
+  if (values.json) io.stdout.write(`${JSON.stringify({ ...report, prerequisites, checklist }, null, 2)}\n`);
+  else io.stdout.write(formatReport(report, prerequisites) + checklistSummary(checklist));
   return report.devices.some((d) => d.problems.some((p) => p.startsWith('giving back'))) ? 1 : 0;
+}
+
+/** One line under the report: how much of the lab checklist this host meets, and where to read the rest. */
+function checklistSummary(items: ReturnType<typeof checkHostList>): string {
+  const unmet = items.filter((i) => i.state !== 'ok');
+  return `\nlab-machine checklist: ${items.length - unmet.length} of ${items.length} met${unmet.length ? ` (not: ${unmet.map((i) => i.id).join(', ')}; harness doctor --checklist says how)` : ''}\n`;
 }
 
 const mark = (ok: boolean): string => (ok ? 'ok  ' : 'NO  ');
