@@ -22,6 +22,7 @@ import { NO_QEMU_SKIP, runExitStatus, type RunCounts } from '../report/outcome.j
 import { loadProfile, profileFromEnv, resolveProfilePath } from '../host/profile.js';
 import { replayVfioJournal } from '../host/vfio-bind.js';
 import { l2QemuVar } from '../lab/l2.js';
+import { SOAK_SUITE } from '../lab/soak.js';
 import { ARCHES, envVarsFor, findQemu, qemuVersion, QemuNotFoundError, type Arch } from '../qemu/binary.js';
 import {
   collectTests,
@@ -54,6 +55,7 @@ export const RUN: CommandSpec = {
     grep: { type: 'string', value: 'REGEXP', help: "only tests whose full title matches (mocha's --grep); reaches L1's lab tests in the virtual lab" },
     failed: { type: 'boolean', help: "only the tests that failed in the last run (its results.json under $HARNESS_ARTIFACTS/latest)" },
     repeat: { type: 'string', value: 'N', help: 'run each selected test N times in a row (flakiness before a bisect)' },
+    soak: { type: 'string', value: 'N', help: "the soak suite: the lab's hot-plug scenario N times on one L2, leak figures printed (in the virtual lab; on the host with --profile)" },
     list: { type: 'boolean', help: 'print the tests a run would execute (with L1\'s under the virtual-lab suite) and exit' },
     json: { type: 'boolean', help: 'with --list: JSON objects {file, path, title}' },
     junit: { type: 'string', value: 'PATH', help: 'JUnit XML here (default $HARNESS_JUNIT, else artifacts/junit.xml)' },
@@ -152,10 +154,19 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
   const repeatText = str(values, 'repeat');
   const repeat = repeatText === undefined ? 1 : Number(repeatText);
   if (!Number.isInteger(repeat) || repeat < 1) throw new UsageError(`--repeat wants a whole number of at least 1, not ${JSON.stringify(repeatText)}`);
-  const suites = strs(values, 'suite');
+  const soakText = str(values, 'soak');
+  if (soakText !== undefined) {
+    const n = Number(soakText);
+    if (!Number.isInteger(n) || n < 2) throw new UsageError(`--soak wants a whole number of cycles, at least 2, not ${JSON.stringify(soakText)}`);
+    process.env.HARNESS_SOAK_CYCLES = String(n);
+  }
+  // --soak alone: the soak suite, in the virtual lab (on a lab host given by --profile, there).
+  const soakOnly = soakText !== undefined && !strs(values, 'suite').length && !strs(values, 'spec').length;
+  const suites = soakOnly ? [str(values, 'profile') ? 'lab' : 'virtual-lab'] : strs(values, 'suite');
   for (const s of suites) if (!(SUITES as readonly string[]).includes(s)) throw new UsageError(`unknown suite ${JSON.stringify(s)} (known: ${SUITES.join(', ')})`);
   const specs = strs(values, 'spec').map((f) => (isAbsolute(f) ? f : resolve(f)));
-  const grep = str(values, 'grep');
+  // SOAK_SUITE has no regular-expression metacharacters: as a grep it matches itself.
+  const grep = str(values, 'grep') ?? (soakText !== undefined ? SOAK_SUITE : undefined);
   let grepRe: RegExp | undefined;
   try {
     grepRe = grep === undefined ? undefined : grepRegExp(grep);

@@ -8,6 +8,7 @@ import type { Machine } from '../qemu/machine.js';
 import { NATIVE_PCIE_HOTPLUG, rootPorts } from '../qemu/topology.js';
 import type { TestResult } from '../report/junit.js';
 import { cacheDir, repoRoot } from '../util/paths.js';
+import { soakBudgetMs } from './soak.js';
 import { shellQuote } from '../util/shell.js';
 import { VfioUserDevices } from '../vfio-user/attach.js';
 import { followJsonLines } from './l1-results.js';
@@ -197,7 +198,7 @@ export function virtualLabDescription(o: VirtualLabOptions, vfioUser: DeviceSpec
 }
 
 /** L0's environment variables that L1's `harness run` gets too (everything else is L1's own, see runSuites). */
-export const L1_PASSED_ENV = ['QEMU_X86_64', 'HARNESS_L2_QEMU_X86_64', 'HARNESS_TIMEOUT_MULTIPLIER'] as const;
+export const L1_PASSED_ENV = ['QEMU_X86_64', 'HARNESS_L2_QEMU_X86_64', 'HARNESS_TIMEOUT_MULTIPLIER', 'HARNESS_SOAK_CYCLES'] as const;
 
 export interface SuiteRunOptions {
   timeoutMs?: number;
@@ -322,7 +323,7 @@ export class VirtualLab {
     });
     let r: Awaited<ReturnType<Agent['run']>>;
     try {
-      r = await this.agent.run(cmd, { timeoutMs: opts.timeoutMs ?? 20 * 60_000 });
+      r = await this.agent.run(cmd, { timeoutMs: opts.timeoutMs ?? 20 * 60_000 + soakBudgetMs() });
     } finally {
       follow.stop();
     }

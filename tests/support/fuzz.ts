@@ -3,9 +3,7 @@
  * replayed with its seed), chunking, and the process-level counts the tests
  * assert on (open fds, heap after a full GC, uncaught errors).
  */
-import { readdirSync } from 'node:fs';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
+import { collectGarbage, fdsOf } from '../../harness/util/process-stats.js';
 
 /** mulberry32: small, fast, and the same sequence for a seed on every host. */
 export class Rng {
@@ -54,17 +52,12 @@ export function fuzzSeed(fallback: number): number {
   return n;
 }
 
-export const openFds = (): number => readdirSync('/proc/self/fd').length;
+export const openFds = (): number => fdsOf('self');
 
-let gcFn: (() => void) | undefined;
 /** Heap in use after a full collection (gc exposed at run time, no node flag needed). */
 export function heapAfterGc(): number {
-  if (!gcFn) {
-    setFlagsFromString('--expose-gc');
-    gcFn = runInNewContext('gc') as () => void;
-  }
-  gcFn();
-  gcFn();
+  collectGarbage();
+  collectGarbage();
   return process.memoryUsage().heapUsed;
 }
 

@@ -1,0 +1,121 @@
+/**
+ * Long runs (issue 12 part 4): the lab's hot-plug scenario (device_add
+ * attaches a vfio-pci device to a fresh HWPT, device_del detaches it and
+ * frees HWPT and IOAS) repeated N times on one L2, sampling after each cycle
+ * what a leak would grow: iommufd objects the trace model still counts as
+ * live, QEMU's and the harness's fds and RSS, trace lines. After the
+ * warm-up, RSS growth is a least-squares slope, so one GC or allocator step
+ * does not read as a leak.
+ */
+
+/** The soak suite's title (tests/lab/soak.test.ts): `harness run --soak N` selects it. */
+export const SOAK_SUITE = 'soak: hot-plug cycles on one L2';
+
+/** Cycles a soak runs: $HARNESS_SOAK_CYCLES (harness run --soak N sets it), else `fallback`. */
+export function soakCycles(env: NodeJS.ProcessEnv = process.env, fallback = 60): number {
+  const v = env.HARNESS_SOAK_CYCLES;
+  if (v === undefined || v === '') return fallback;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 2) throw new Error(`HARNESS_SOAK_CYCLES wants a whole number of cycles, at least 2, not ${JSON.stringify(v)}`);
+  return n;
+}
+
+/** Time a soak of $HARNESS_SOAK_CYCLES cycles adds to a run's budget (15 s a cycle under TCG in L1); 0 when none is asked. */
+export function soakBudgetMs(env: NodeJS.ProcessEnv = process.env): number {
+  return env.HARNESS_SOAK_CYCLES ? soakCycles(env) * 15_000 : 0;
+}
+
+/** Cycles left out of the fit: 50, or a third of a shorter run (a 60-cycle run fits its last 40). */
+export function soakWarmup(cycles: number): number {
+  return Math.min(50, Math.floor(cycles / 3));
+}
+
+export interface SoakSample {
+  cycle: number;
+  /** iommufd objects allocated and not freed, per QEMU's trace (the model's liveObjects()). */
+  liveIds: number;
+  /** Kernel answers (kprobes) recorded this cycle, where the host has them. */
+  kernelRecords?: number;
+  qemuFds: number;
+  qemuRssKiB: number;
+  harnessFds: number;
+  /** The harness's RSS after a full garbage collection. */
+  harnessRssKiB: number;
+  traceLines: number;
+  ms: number;
+}
+
+export interface SoakFigures {
+  cycles: number;
+  warmup: number;
+  first: SoakSample;
+  last: SoakSample;
+  /** Objects live after the last cycle (each cycle ends with the device unplugged: 0 expected). */
+  liveIdsAfter: number;
+  /** Most objects live after any cycle. */
+  liveIdsMax: number;
+  qemuFdsLeaked: number;
+  harnessFdsLeaked: number;
+  /** KiB per cycle, least squares over the cycles after the warm-up. */
+  harnessRssSlopeKiB: number;
+  qemuRssSlopeKiB: number;
+  traceLinesPerCycle: number;
+  msPerCycle: number;
+}
+
+/** The least-squares slope of ys over xs. */
+export function linearSlope(xs: readonly number[], ys: readonly number[]): number {
+  if (xs.length !== ys.length || xs.length < 2) throw new Error(`a slope needs two or more points of x and y (got ${xs.length} and ${ys.length})`);
+  const n = xs.length;
+  const mx = xs.reduce((a, b) => a + b, 0) / n;
+  const my = ys.reduce((a, b) => a + b, 0) / n;
+  let sxy = 0;
+  let sxx = 0;
+  for (let i = 0; i < n; i++) {
+    sxy += (xs[i]! - mx) * (ys[i]! - my);
+    sxx += (xs[i]! - mx) ** 2;
+  }
+  if (sxx === 0) throw new Error('a slope needs at least two distinct x values');
+  return sxy / sxx;
+}
+
+/** The figures of a soak: leaks against the first cycle, RSS slopes after the warm-up. */
+export function soakFigures(samples: readonly SoakSample[], warmup = soakWarmup(samples.length)): SoakFigures {
+  if (samples.length < warmup + 2) throw new Error(`a soak of ${samples.length} cycles leaves fewer than 2 after a warm-up of ${warmup}`);
+  const first = samples[0]!;
+  const last = samples[samples.length - 1]!;
+  const fitted = samples.slice(warmup);
+  const xs = fitted.map((s) => s.cycle);
+  return {
+    cycles: samples.length,
+    warmup,
+    first,
+    last,
+    liveIdsAfter: last.liveIds,
+    liveIdsMax: Math.max(...samples.map((s) => s.liveIds)),
+    qemuFdsLeaked: last.qemuFds - first.qemuFds,
+    harnessFdsLeaked: last.harnessFds - first.harnessFds,
+    harnessRssSlopeKiB: linearSlope(
+      xs,
+      fitted.map((s) => s.harnessRssKiB),
+    ),
+    qemuRssSlopeKiB: linearSlope(
+      xs,
+      fitted.map((s) => s.qemuRssKiB),
+    ),
+    traceLinesPerCycle: (last.traceLines - first.traceLines) / Math.max(1, last.cycle - first.cycle),
+    msPerCycle: samples.reduce((a, s) => a + s.ms, 0) / samples.length,
+  };
+}
+
+/** The figures as the soak prints them. */
+export function formatSoakFigures(f: SoakFigures): string {
+  const kib = (n: number) => `${n.toFixed(2)} KiB/cycle`;
+  return [
+    `soak: ${f.cycles} cycles (${f.msPerCycle.toFixed(0)} ms each), fit after ${f.warmup} warm-up cycles`,
+    `  iommufd ids live: after cycle 1 ${f.first.liveIds}, after the last ${f.liveIdsAfter}, at most ${f.liveIdsMax}`,
+    `  QEMU fds: ${f.first.qemuFds} -> ${f.last.qemuFds} (${f.qemuFdsLeaked >= 0 ? '+' : ''}${f.qemuFdsLeaked}); harness fds: ${f.first.harnessFds} -> ${f.last.harnessFds} (${f.harnessFdsLeaked >= 0 ? '+' : ''}${f.harnessFdsLeaked})`,
+    `  harness RSS: ${f.first.harnessRssKiB} -> ${f.last.harnessRssKiB} KiB, slope ${kib(f.harnessRssSlopeKiB)}; QEMU RSS: ${f.first.qemuRssKiB} -> ${f.last.qemuRssKiB} KiB, slope ${kib(f.qemuRssSlopeKiB)}`,
+    `  trace: ${f.first.traceLines} -> ${f.last.traceLines} lines (${f.traceLinesPerCycle.toFixed(1)} per cycle)${f.last.kernelRecords === undefined ? '' : `; kernel answers in the last cycle: ${f.last.kernelRecords}`}`,
+  ].join('\n');
+}

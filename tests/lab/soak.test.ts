@@ -1,0 +1,59 @@
+import { expect } from 'chai';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { useLabHost } from '../../harness/lab/fixture.js';
+import { spareRootPort, vfioPciDevice, type L2Spec } from '../../harness/lab/l2.js';
+import { formatSoakFigures, SOAK_SUITE, type SoakSample, soakCycles, soakFigures } from '../../harness/lab/soak.js';
+import { collectGarbage, fdsOf, rssKiB } from '../../harness/util/process-stats.js';
+import { loadConfig } from '../../harness/viommu/configs.js';
+
+/**
+ * The lab's hot-plug scenario, $HARNESS_SOAK_CYCLES times (60 in npm test,
+ * 500 in npm run soak) on one L2: each cycle device_add attaches the device
+ * (IOAS, HWPT), device_del detaches it and frees both. A leak of any kind
+ * grows with the cycles; the figures go to the log and soak.json.
+ */
+describe(SOAK_SUITE, function () {
+  const cycles = soakCycles();
+  this.timeout(120_000 + cycles * 15_000);
+  const lab = useLabHost();
+
+  it("device_add/device_del cycles leave no iommufd id and no fd, QEMU's or the harness's, and the harness's RSS grows < 1 KiB per cycle after the warm-up", async function () {
+    const dev = lab.host.device(this, 'no-pasid');
+    const spec: L2Spec = { config: loadConfig('no-viommu-q35'), spareRootPorts: 1 };
+    lab.requireConfig(this, spec.config);
+    const m = await lab.launchL2(spec);
+    const bus = spareRootPort(spec);
+    const samples: SoakSample[] = [];
+    for (let i = 1; i <= cycles; i++) {
+      const t0 = Date.now();
+      await m.qmp.deviceAdd(vfioPciDevice({ bdf: dev.bdf, id: `soak${i}` }, bus) as never);
+      await m.qmp.deviceDel(`soak${i}`, 10_000);
+      const ms = Date.now() - t0;
+      const model = await lab.model(m);
+      // The kernel's answers of this cycle, then cleared: a soak must not keep every cycle's records.
+      const kernelRecords = lab.host.kprobes ? lab.kernel().length : undefined;
+      lab.host.kprobes?.clear();
+      collectGarbage();
+      samples.push({
+        cycle: i,
+        liveIds: model.liveObjects().length,
+        ...(kernelRecords === undefined ? {} : { kernelRecords }),
+        qemuFds: fdsOf(m.pid),
+        qemuRssKiB: rssKiB(m.pid),
+        harnessFds: fdsOf('self'),
+        harnessRssKiB: rssKiB('self'),
+        traceLines: readFileSync(m.traceFile!, 'utf8').split('\n').length - 1,
+        ms,
+      });
+    }
+    const f = soakFigures(samples);
+    console.log(formatSoakFigures(f).replace(/^/gm, '      '));
+    writeFileSync(join(lab.machines.artifactsDir, 'soak.json'), `${JSON.stringify({ figures: f, samples }, null, 1)}\n`);
+    expect(f.liveIdsMax, "iommufd objects live after a cycle (per QEMU's trace)").to.equal(0);
+    expect(f.qemuFdsLeaked, 'QEMU fds gained since cycle 1').to.equal(0);
+    expect(f.harnessFdsLeaked, 'harness fds gained since cycle 1').to.equal(0);
+    expect(f.traceLinesPerCycle, 'trace lines per cycle (each cycle must be traced)').to.be.greaterThan(0);
+    expect(f.harnessRssSlopeKiB, `harness RSS growth after ${f.warmup} warm-up cycles, KiB per cycle (least squares)`).to.be.below(1);
+  });
+});

@@ -1,0 +1,63 @@
+import { expect } from 'chai';
+import { linearSlope, type SoakSample, soakCycles, soakFigures, soakWarmup } from '../../harness/lab/soak.js';
+import { collectGarbage, fdsOf, rssKiB } from '../../harness/util/process-stats.js';
+
+/** A soak's samples: RSS rising `kibPerCycle` with +-`noise` KiB of jitter (seeded), a GC-like step at `stepAt`. */
+function samples(n: number, kibPerCycle: number, opts: { noise?: number; stepAt?: number; fdsAt?: number } = {}): SoakSample[] {
+  let seed = 12345;
+  const rnd = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff) * 2 - 1;
+  return Array.from({ length: n }, (_, i) => ({
+    cycle: i + 1,
+    liveIds: 0,
+    qemuFds: 40 + (opts.fdsAt !== undefined && i >= opts.fdsAt ? 1 : 0),
+    qemuRssKiB: 90_000,
+    harnessFds: 30,
+    harnessRssKiB: Math.round(120_000 + kibPerCycle * i + (opts.noise ?? 0) * rnd() + (opts.stepAt !== undefined && i >= opts.stepAt ? 2048 : 0)),
+    traceLines: 10 + 12 * i,
+    ms: 400,
+  }));
+}
+
+describe('soak figures', () => {
+  it('the least-squares slope of a line is its slope; of fewer than two distinct points an error', () => {
+    expect(linearSlope([1, 2, 3, 4], [3, 5, 7, 9])).to.equal(2);
+    expect(linearSlope([1, 2, 3], [5, 5, 5])).to.equal(0);
+    expect(() => linearSlope([1], [1])).to.throw(/two or more points/);
+    expect(() => linearSlope([2, 2], [1, 3])).to.throw(/distinct x/);
+  });
+
+  it('500 cycles: a 2 KiB/cycle leak shows through 64 KiB of jitter; none reads below 1 KiB/cycle; a warm-up step is left out', () => {
+    const leak = soakFigures(samples(500, 2, { noise: 64 }));
+    expect(leak.warmup).to.equal(50);
+    expect(leak.harnessRssSlopeKiB).to.be.within(1.8, 2.2);
+    const flat = soakFigures(samples(500, 0, { noise: 64, stepAt: 20 }));
+    expect(Math.abs(flat.harnessRssSlopeKiB)).to.be.below(1);
+    expect(flat.traceLinesPerCycle).to.equal(12);
+  });
+
+  it('60 cycles (npm test): warm-up 20, the slope fitted on the last 40; an fd gained is counted', () => {
+    expect(soakWarmup(60)).to.equal(20);
+    const f = soakFigures(samples(60, 0, { noise: 16, fdsAt: 30 }));
+    expect(Math.abs(f.harnessRssSlopeKiB)).to.be.below(1);
+    expect(f.qemuFdsLeaked).to.equal(1);
+    expect(f.harnessFdsLeaked).to.equal(0);
+  });
+
+  it('HARNESS_SOAK_CYCLES: a whole number of at least 2, else an error naming it', () => {
+    expect(soakCycles({})).to.equal(60);
+    expect(soakCycles({ HARNESS_SOAK_CYCLES: '500' })).to.equal(500);
+    expect(() => soakCycles({ HARNESS_SOAK_CYCLES: '1.5' })).to.throw(/HARNESS_SOAK_CYCLES .* not "1.5"/);
+  });
+
+  it("this process's RSS and fds read from /proc, and a forced GC lets go of garbage", () => {
+    expect(rssKiB('self')).to.be.greaterThan(1000);
+    expect(fdsOf('self')).to.be.greaterThan(2);
+    collectGarbage();
+    const before = process.memoryUsage().heapUsed;
+    let junk: number[][] | undefined = Array.from({ length: 200 }, () => Array.from({ length: 1000 }, (_, i) => i));
+    expect(junk.length).to.equal(200);
+    junk = undefined;
+    collectGarbage();
+    expect(process.memoryUsage().heapUsed - before, 'heap left after the GC').to.be.below(512 * 1024);
+  });
+});
