@@ -4,6 +4,7 @@ import type { DeviceSpec, MachineDescription, PropValue } from '../qemu/argv.js'
 import type { Machine } from '../qemu/machine.js';
 import { Agent } from './agent.js';
 import { Console } from './console.js';
+import { withHeartbeat } from '../util/progress.js';
 import type { GuestImage } from './image.js';
 import { platformOf, X86_64_PLATFORM, type GuestPlatform } from './platform.js';
 
@@ -228,7 +229,9 @@ export async function bootGuest(
   const { console, agent } = attachGuest(machine);
   const stopped = guestStopped(machine, console);
   try {
-    const ready = await Promise.race([agent.ready(boot.readyTimeoutMs ?? 60_000), stopped.promise]);
+    const ready = await withHeartbeat(`${machine.name}'s guest to boot (its agent to answer)`, () => Promise.race([agent.ready(boot.readyTimeoutMs ?? 60_000), stopped.promise]), {
+      last: () => console.tail(1),
+    });
     return { machine, console, agent, launchMs, agentReadyMs: Date.now() - t0, guestUptimeS: ready.uptimeS };
   } finally {
     stopped.cancel();

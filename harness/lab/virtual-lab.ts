@@ -14,6 +14,7 @@ import { VfioUserDevices } from '../vfio-user/attach.js';
 import { followJsonLines } from './l1-results.js';
 import type { DeviceDescription } from '../vfio-user/description.js';
 import { checkVfioUserNeedsCachingMode } from '../vfio-user/preflight.js';
+import { withHeartbeat } from '../util/progress.js';
 
 /**
  * The virtual lab: an L1 Linux guest under TCG whose emulated VT-d gives it a
@@ -323,7 +324,10 @@ export class VirtualLab {
     });
     let r: Awaited<ReturnType<Agent['run']>>;
     try {
-      r = await this.agent.run(cmd, { timeoutMs: opts.timeoutMs ?? 20 * 60_000 + soakBudgetMs() });
+      r = await withHeartbeat(`L1's harness run (${suites.join(', ')})`, () => this.agent.run(cmd, { timeoutMs: opts.timeoutMs ?? 20 * 60_000 + soakBudgetMs() }), {
+        lastLabel: 'results so far',
+        last: () => `${streamed.length}${streamed.length ? `, the last ${streamed.at(-1)!.state}: ${streamed.at(-1)!.title}` : ''}`,
+      });
     } finally {
       follow.stop();
     }
