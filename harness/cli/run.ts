@@ -41,6 +41,7 @@ import { startRunFiles } from '../report/run-files.js';
 import { interruptExitCode, interruption } from '../util/interrupt.js';
 import { artifactsRoot } from '../util/paths.js';
 import { runTmpDir } from '../util/run-tmp.js';
+import { parseReporter, REPORTER_ENV, REPORTERS } from '../report/output.js';
 import { parseTimeoutMultiplier, scaleMochaTimeouts, TIMEOUT_MULTIPLIER_ENV, timeoutMultiplier } from '../util/timeouts.js';
 import { EXIT, runCommandSpec, str, strs, UsageError, type CommandSpec, type Io, type Parsed } from './options.js';
 
@@ -64,6 +65,7 @@ export const RUN: CommandSpec = {
     'qemu-aarch64': { type: 'string', value: 'PATH', help: 'the QEMU for aarch64 (sets $QEMU_AARCH64)' },
     'l2-qemu-x86_64': { type: 'string', value: 'PATH', help: "the QEMU the lab suites run as L2 for x86_64 (sets $HARNESS_L2_QEMU_X86_64; default: L0's)" },
     'l2-qemu-aarch64': { type: 'string', value: 'PATH', help: 'the same for aarch64 (sets $HARNESS_L2_QEMU_AARCH64)' },
+    reporter: { type: 'string', value: 'NAME', help: `what the run prints as it goes: ${REPORTERS.join(', ')} (spec with GitHub Actions annotations for failures); default spec (sets $HARNESS_REPORTER)` },
     'timeout-multiplier': { type: 'string', value: 'X', help: 'scale every deadline by X (1 to 100): test timeouts, QEMU, QMP, agent and helper waits, in L1 too (sets $HARNESS_TIMEOUT_MULTIPLIER)' },
   },
   epilogue: `exit status (for git bisect run):
@@ -202,6 +204,12 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
   }
   if (str(values, 'junit')) process.env.HARNESS_JUNIT = str(values, 'junit');
   if (repeat > 1) process.env.HARNESS_REPEAT = String(repeat);
+  const reporter = str(values, 'reporter');
+  try {
+    if (reporter !== undefined) process.env[REPORTER_ENV] = parseReporter(reporter, '--reporter');
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
   const multiplier = str(values, 'timeout-multiplier');
   try {
     if (multiplier !== undefined) process.env[TIMEOUT_MULTIPLIER_ENV] = String(parseTimeoutMultiplier(multiplier, '--timeout-multiplier'));

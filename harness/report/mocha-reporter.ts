@@ -6,6 +6,7 @@ import { runArtifactsDir } from '../util/paths.js';
 import { junitXml, summaryText, type TestResult } from './junit.js';
 import { reportAtRunEnd } from './html/index.js';
 import { junitPath, writeFileAtomic } from './run-files.js';
+import { createOutput, reporterFromEnv } from './output.js';
 import type { SkippableTest } from './skip.js';
 
 /** Where a fixture put the test's artifacts (set by tests/support/fixtures). */
@@ -22,16 +23,19 @@ function suitePath(t: Mocha.Runnable): string {
 }
 
 /**
- * Mocha's spec output, plus: skips counted apart and grouped by reason, the
+ * Mocha's spec output (or dot, or spec with GitHub Actions annotations:
+ * $HARNESS_REPORTER, which `harness run --reporter` sets; harness/report/output.ts), plus: skips counted apart and grouped by reason, the
  * artifacts folder of every failed test, JUnit XML (HARNESS_JUNIT, or
  * artifacts/junit.xml; results.json in the run's folder and at HARNESS_RESULTS_JSON; one JSON
  * line per result as it finishes at HARNESS_RESULTS_JSONL), and the closing line "N passed, N failed, N skipped".
  */
-export default class HarnessReporter extends Mocha.reporters.Spec {
+export default class HarnessReporter extends Mocha.reporters.Base {
   readonly results: TestResult[] = [];
 
   constructor(runner: Mocha.Runner, options?: Mocha.MochaOptions) {
     super(runner, options);
+    // First, so its epilogue prints before this run's summary (both on EVENT_RUN_END).
+    createOutput(reporterFromEnv(), runner, options);
     const failedHooks = hookFailures.get(runner) ?? new Map<Mocha.Suite, string>();
     hookFailures.set(runner, failedHooks);
     const add = (t: T, state: TestResult['state'], err?: Error) => {

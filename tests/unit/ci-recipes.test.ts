@@ -67,6 +67,7 @@ describe('CI and lab recipes (docs/ci)', () => {
       expect(upload?.with?.path, name).to.contain('artifacts/junit.xml').and.contain('artifacts/runs/');
     }
     expect(doc.jobs.test!.steps.map((s) => s.run).filter(Boolean)).to.deep.equal(['npm test']);
+    expect(doc.env.HARNESS_REPORTER, 'failures annotated on their line').to.equal('github');
   });
 
   it("nightly: a systemd timer starting a oneshot service whose command is the README's npm start", () => {
