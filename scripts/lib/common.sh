@@ -8,6 +8,42 @@ export HARNESS_CACHE_DIR
 log() { printf '[%s] %s\n' "${0##*/}" "$*" >&2; }
 die() { printf '[%s] error: %s\n' "${0##*/}" "$*" >&2; exit 1; }
 
+# Progress of long steps (the kernel build, downloads, unpacking): a line at
+# most every $HARNESS_PROGRESS_SECONDS (default 30) so a CI log shows the build
+# moving and, when it hangs, where.
+progress_every=${HARNESS_PROGRESS_SECONDS:-30}
+# 95 -> 1m35s
+elapsed_text() { if [ "$1" -lt 60 ]; then echo "${1}s"; else printf '%dm%02ds\n' $(($1 / 60)) $(($1 % 60)); fi; }
+
+# run_progress WHAT LOG COUNT_RE NOUN CMD...: runs CMD with its output appended
+# to LOG; while it runs, logs the time so far, WHAT, how many lines of LOG
+# match the extended regexp COUNT_RE (as "N NOUN") and LOG's last line.
+# Returns CMD's status. A signal to this script stops CMD too.
+run_progress() {
+  rp_what=$1 rp_log=$2 rp_re=$3 rp_noun=$4
+  shift 4
+  "$@" >>"$rp_log" 2>&1 &
+  rp_pid=$!
+  trap 'kill "$rp_pid" 2>/dev/null; exit 130' INT
+  trap 'kill "$rp_pid" 2>/dev/null; exit 143' TERM
+  rp_start=$(date +%s)
+  rp_last=$rp_start
+  while kill -0 "$rp_pid" 2>/dev/null; do
+    sleep 1
+    rp_now=$(date +%s)
+    if [ $((rp_now - rp_last)) -ge "$progress_every" ]; then
+      rp_last=$rp_now
+      rp_n=$(grep -cE "$rp_re" "$rp_log" 2>/dev/null || true)
+      rp_tail=$(tail -n 1 "$rp_log" 2>/dev/null | tr -d '\r' | cut -c1-120)
+      log "$(elapsed_text $((rp_now - rp_start))) $rp_what: ${rp_n:-0} $rp_noun so far; last: $rp_tail"
+    fi
+  done
+  rp_status=0
+  wait "$rp_pid" || rp_status=$?
+  trap - INT TERM
+  return "$rp_status"
+}
+
 # Runs apt-get/apt-cache against a Debian release with a private
 # configuration: its own state, lists and archive cache under
 # $HARNESS_CACHE_DIR/apt-<release>[-<arch>], and an empty dpkg status, so apt
@@ -72,20 +108,31 @@ sid_unpack() {
   sid_apt_init
   sid_apt_root=$(sid_apt_dir)
   log "resolving and downloading from $(deb_suite)${DEB_ARCH:+ $DEB_ARCH}: $*"
-  sid_apt_get -q -y --download-only install "$@" >"$sid_apt_root/download.log" 2>&1 \
+  : >"$sid_apt_root/download.log"
+  run_progress "downloading from $(deb_suite)" "$sid_apt_root/download.log" '^Get:' 'archives fetched' \
+    sid_apt_get -q -y --download-only install "$@" \
     || { tail -n 20 "$sid_apt_root/download.log" >&2; die "apt-get could not download $* from $(deb_suite)"; }
   # Which debs belong to this closure: ask apt for the install plan again
   # (a simulation), then pick those files from the archive cache.
   mkdir -p "$root"
   : > "$root/.packages"
-  sid_apt_get -q -s install "$@" 2>/dev/null | awk '/^Inst /{print $2, substr($3,2)}' |
+  sid_apt_get -q -s install "$@" 2>/dev/null | awk '/^Inst /{print $2, substr($3,2)}' > "$root/.plan"
+  total=$(wc -l < "$root/.plan")
+  unpack_last=$(date +%s)
   while read -r name version; do
+    # Unpacking a few hundred packages takes minutes under load: say how far it got.
+    now=$(date +%s)
+    if [ $((now - unpack_last)) -ge "$progress_every" ]; then
+      unpack_last=$now
+      log "unpacking: $(wc -l < "$root/.packages") of $total packages, now $name"
+    fi
     deb=$(ls "$sid_apt_root/cache/archives/${name}_"*.deb 2>/dev/null | while read -r f; do
       v=$(dpkg-deb -f "$f" Version); [ "$v" = "$version" ] && echo "$f"; done | head -n1)
     [ -n "$deb" ] || die "downloaded archive for $name $version not found"
     dpkg -x "$deb" "$root"
     echo "$name $version" >> "$root/.packages"
-  done
+  done < "$root/.plan"
+  rm -f "$root/.plan"
 }
 
 # Pick the Debian architecture name's library directory inside a sysroot.
