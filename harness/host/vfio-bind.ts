@@ -21,6 +21,7 @@ import { cacheDir } from '../util/paths.js';
 import { deviceInUse } from './in-use.js';
 import { normalizeBdf, type HostProfile } from './profile.js';
 import { hostPaths, listDir, listPciDevices, pciDevicePath, pciDriversDir, readPciDevice, type HostPaths } from './sysfs.js';
+import { scaled } from '../util/timeouts.js';
 
 /** How sysfs gets written: the kernel's files on a real host, a simulation in tests. */
 export interface SysfsWriter {
@@ -181,7 +182,7 @@ export class VfioBinder {
     this.paths = hostPaths(opts.paths);
     this.writer = opts.writer ?? kernelWriter;
     this.journal = opts.journal ?? defaultJournalPath();
-    this.bindDeadlineMs = opts.bindDeadlineMs ?? 5000;
+    this.bindDeadlineMs = scaled(opts.bindDeadlineMs ?? 5000);
     this.log = opts.log ?? (() => {});
   }
 
