@@ -119,7 +119,12 @@ export async function iommufdModel(machine: Machine, kernel: KernelRecord[] = []
 
 /** The same from a trace file (e.g. of a launch that failed: artifactsDir/trace.log). */
 export async function iommufdModelOf(traceFile: string, formats: TraceFormats, kernel: KernelRecord[] = []): Promise<IommufdModel> {
-  const model = IommufdModel.fromParse(parseTrace(await readFile(traceFile, 'utf8'), formats));
+  return iommufdModelOfText(await readFile(traceFile, 'utf8'), formats, kernel);
+}
+
+/** The same from trace lines (e.g. one soak cycle's). */
+export function iommufdModelOfText(text: string, formats: TraceFormats, kernel: KernelRecord[] = []): IommufdModel {
+  const model = IommufdModel.fromParse(parseTrace(text, formats));
   for (const k of kernel) model.addKernel(k);
   if (kernel.length) model.joinKernel();
   return model;

@@ -8,6 +8,45 @@
  * does not read as a leak.
  */
 
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import type { TraceFormats } from '../trace/formats.js';
+import type { IommufdModel, KernelRecord } from '../trace/model.js';
+import { iommufdModelOfText } from './l2.js';
+
+/**
+ * The trace lines QEMU wrote since the last call, as a model of their own:
+ * the objects one cycle allocated and did not free, without re-reading (and
+ * the harness keeping) every earlier cycle's lines, which would grow the
+ * soak's own memory with its length. Each cycle ends with nothing attached,
+ * so a cycle's model is the whole story of its objects.
+ */
+export class TraceWindow {
+  private offset = 0;
+  /** Complete lines read so far. */
+  lines = 0;
+  constructor(
+    private readonly file: string,
+    private readonly formats: TraceFormats,
+  ) {}
+
+  next(kernel: KernelRecord[] = []): IommufdModel {
+    const fd = openSync(this.file, 'r');
+    let buf: Buffer;
+    try {
+      buf = Buffer.alloc(fstatSync(fd).size - this.offset);
+      readSync(fd, buf, 0, buf.length, this.offset);
+    } finally {
+      closeSync(fd);
+    }
+    // A line QEMU is still writing waits for the next window.
+    const end = buf.lastIndexOf(0x0a) + 1;
+    const text = buf.subarray(0, end).toString('utf8');
+    this.offset += end;
+    for (let i = text.indexOf('\n'); i >= 0; i = text.indexOf('\n', i + 1)) this.lines++;
+    return iommufdModelOfText(text, this.formats, kernel);
+  }
+}
+
 /** The soak suite's title (tests/lab/soak.test.ts): `harness run --soak N` selects it. */
 export const SOAK_SUITE = 'soak: hot-plug cycles on one L2';
 
@@ -32,7 +71,7 @@ export function soakWarmup(cycles: number): number {
 
 export interface SoakSample {
   cycle: number;
-  /** iommufd objects allocated and not freed, per QEMU's trace (the model's liveObjects()). */
+  /** iommufd objects this cycle allocated and did not free, per QEMU's trace (its model's liveObjects()). */
   liveIds: number;
   /** Kernel answers (kprobes) recorded this cycle, where the host has them. */
   kernelRecords?: number;
@@ -41,6 +80,8 @@ export interface SoakSample {
   harnessFds: number;
   /** The harness's RSS after a full garbage collection. */
   harnessRssKiB: number;
+  /** The harness's V8 heap in use after it (what the harness keeps, without the allocator's slack). */
+  harnessHeapKiB: number;
   traceLines: number;
   ms: number;
 }
@@ -50,14 +91,15 @@ export interface SoakFigures {
   warmup: number;
   first: SoakSample;
   last: SoakSample;
-  /** Objects live after the last cycle (each cycle ends with the device unplugged: 0 expected). */
-  liveIdsAfter: number;
-  /** Most objects live after any cycle. */
+  /** Objects the cycles allocated and left live, summed (each cycle ends with the device unplugged: 0 expected). */
+  liveIdsTotal: number;
+  /** Most objects one cycle left live. */
   liveIdsMax: number;
   qemuFdsLeaked: number;
   harnessFdsLeaked: number;
   /** KiB per cycle, least squares over the cycles after the warm-up. */
   harnessRssSlopeKiB: number;
+  harnessHeapSlopeKiB: number;
   qemuRssSlopeKiB: number;
   traceLinesPerCycle: number;
   msPerCycle: number;
@@ -91,13 +133,17 @@ export function soakFigures(samples: readonly SoakSample[], warmup = soakWarmup(
     warmup,
     first,
     last,
-    liveIdsAfter: last.liveIds,
+    liveIdsTotal: samples.reduce((a, s) => a + s.liveIds, 0),
     liveIdsMax: Math.max(...samples.map((s) => s.liveIds)),
     qemuFdsLeaked: last.qemuFds - first.qemuFds,
     harnessFdsLeaked: last.harnessFds - first.harnessFds,
     harnessRssSlopeKiB: linearSlope(
       xs,
       fitted.map((s) => s.harnessRssKiB),
+    ),
+    harnessHeapSlopeKiB: linearSlope(
+      xs,
+      fitted.map((s) => s.harnessHeapKiB),
     ),
     qemuRssSlopeKiB: linearSlope(
       xs,
@@ -113,9 +159,9 @@ export function formatSoakFigures(f: SoakFigures): string {
   const kib = (n: number) => `${n.toFixed(2)} KiB/cycle`;
   return [
     `soak: ${f.cycles} cycles (${f.msPerCycle.toFixed(0)} ms each), fit after ${f.warmup} warm-up cycles`,
-    `  iommufd ids live: after cycle 1 ${f.first.liveIds}, after the last ${f.liveIdsAfter}, at most ${f.liveIdsMax}`,
+    `  iommufd ids left live by the cycles: ${f.liveIdsTotal} in all, at most ${f.liveIdsMax} by one`,
     `  QEMU fds: ${f.first.qemuFds} -> ${f.last.qemuFds} (${f.qemuFdsLeaked >= 0 ? '+' : ''}${f.qemuFdsLeaked}); harness fds: ${f.first.harnessFds} -> ${f.last.harnessFds} (${f.harnessFdsLeaked >= 0 ? '+' : ''}${f.harnessFdsLeaked})`,
-    `  harness RSS: ${f.first.harnessRssKiB} -> ${f.last.harnessRssKiB} KiB, slope ${kib(f.harnessRssSlopeKiB)}; QEMU RSS: ${f.first.qemuRssKiB} -> ${f.last.qemuRssKiB} KiB, slope ${kib(f.qemuRssSlopeKiB)}`,
+    `  harness RSS: ${f.first.harnessRssKiB} -> ${f.last.harnessRssKiB} KiB, slope ${kib(f.harnessRssSlopeKiB)} (heap ${f.first.harnessHeapKiB} -> ${f.last.harnessHeapKiB} KiB, ${kib(f.harnessHeapSlopeKiB)}); QEMU RSS: ${f.first.qemuRssKiB} -> ${f.last.qemuRssKiB} KiB, slope ${kib(f.qemuRssSlopeKiB)}`,
     `  trace: ${f.first.traceLines} -> ${f.last.traceLines} lines (${f.traceLinesPerCycle.toFixed(1)} per cycle)${f.last.kernelRecords === undefined ? '' : `; kernel answers in the last cycle: ${f.last.kernelRecords}`}`,
   ].join('\n');
 }

@@ -17,6 +17,7 @@ import { sleep, withDeadline } from '../../harness/util/deadline.js';
 import { processStart } from '../../harness/util/owner.js';
 import { repoRoot } from '../../harness/util/paths.js';
 import { RUN_TMP_PREFIX } from '../../harness/util/run-tmp.js';
+import { alive, descendants, stillAlive } from '../support/processes.js';
 
 const { QEMU: _q, QEMU_X86_64: _x, QEMU_AARCH64: _a, HARNESS_L2_QEMU_X86_64: _l, HARNESS_JUNIT: _j, ...baseEnv } = process.env;
 const root = mkdtempSync(join(tmpdir(), 'harness-interrupt-test-'));
@@ -87,41 +88,6 @@ async function holding(c: Child): Promise<number> {
   );
 }
 
-/** Every process below `pid` (by parent chain), from /proc. */
-function descendants(pid: number): number[] {
-  const parent = new Map<number, number>();
-  for (const p of readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
-    try {
-      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
-      parent.set(Number(p), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
-    } catch {
-      /* gone */
-    }
-  }
-  const out: number[] = [];
-  const walk = (p: number): void => {
-    for (const [c, pp] of parent) if (pp === p) (out.push(c), walk(c));
-  };
-  walk(pid);
-  return out;
-}
-
-/** Still a process (a zombie nobody reaped yet is dead). */
-function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return !/^[ZX]$/.test(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0]!);
-  } catch {
-    return false;
-  }
-}
-
-async function noneAlive(pids: number[], ms: number): Promise<number[]> {
-  const until = Date.now() + ms;
-  while (pids.some(alive) && Date.now() < until) await sleep(50);
-  return pids.filter(alive);
-}
-
 const runTmpDirs = (tmp: string) => readdirSync(tmp).filter((n) => n.startsWith(RUN_TMP_PREFIX));
 
 describe('an interrupted or killed harness run (real QEMU)', function () {
@@ -158,7 +124,7 @@ describe('an interrupted or killed harness run (real QEMU)', function () {
       console.log(`      ${signal}${stopped ? ' (QEMU stopped)' : ''}: exit ${r.exitCode} after ${ms} ms; ${below.length} processes below the run before`);
       expect(r.exitCode, String(r.stderr)).to.equal(code);
       expect(ms, 'from the signal to the exit').to.be.below(15_000);
-      expect(await noneAlive(below, 5000), 'processes left').to.deep.equal([]);
+      expect(await stillAlive(below, 5000), 'processes left').to.deep.equal([]);
       const junit = readFileSync(join(artifacts, 'junit.xml'), 'utf8');
       expect(junit).to.match(/name="holds a QEMU"[^]*?<failure message="InterruptedError: interrupted by SIG(INT|TERM)/);
       expect(junit).to.include(`interrupted by ${signal}`);
@@ -186,7 +152,7 @@ describe('an interrupted or killed harness run (real QEMU)', function () {
     expect(r.exitCode, String(r.stderr)).to.equal(130);
     expect(ms).to.be.below(2000);
     expect(String(r.stderr)).to.include('SIGINT again: ending now');
-    expect(await noneAlive([qemu], 5000), 'QEMU left').to.deep.equal([]);
+    expect(await stillAlive([qemu], 5000), 'QEMU left').to.deep.equal([]);
     // The JUnit written at the start stands: it fails, saying the run did not finish.
     expect(readFileSync(join(c.dir, 'artifacts', 'junit.xml'), 'utf8')).to.include('has not written its results');
   });
@@ -198,7 +164,7 @@ describe('an interrupted or killed harness run (real QEMU)', function () {
       const below = descendants(c.proc.pid!);
       c.proc.kill('SIGKILL');
       await c.proc;
-      expect(await noneAlive(below, 5000), 'processes left').to.deep.equal([]);
+      expect(await stillAlive(below, 5000), 'processes left').to.deep.equal([]);
       expect(alive(qemu)).to.equal(false);
       const left = runTmpDirs(c.tmp);
       expect(left, 'the killed run\'s temp folder').to.have.length(1);

@@ -1,5 +1,11 @@
 import { expect } from 'chai';
-import { linearSlope, type SoakSample, soakCycles, soakFigures, soakWarmup } from '../../harness/lab/soak.js';
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { skipBecause } from '../../harness/report/skip.js';
+import { defaultTraceEventsPath, TraceFormats } from '../../harness/trace/formats.js';
+import { repoRoot } from '../../harness/util/paths.js';
+import { linearSlope, type SoakSample, soakCycles, soakFigures, soakWarmup, TraceWindow } from '../../harness/lab/soak.js';
 import { collectGarbage, fdsOf, rssKiB } from '../../harness/util/process-stats.js';
 
 /** A soak's samples: RSS rising `kibPerCycle` with +-`noise` KiB of jitter (seeded), a GC-like step at `stepAt`. */
@@ -12,6 +18,7 @@ function samples(n: number, kibPerCycle: number, opts: { noise?: number; stepAt?
     qemuFds: 40 + (opts.fdsAt !== undefined && i >= opts.fdsAt ? 1 : 0),
     qemuRssKiB: 90_000,
     harnessFds: 30,
+    harnessHeapKiB: 20_000,
     harnessRssKiB: Math.round(120_000 + kibPerCycle * i + (opts.noise ?? 0) * rnd() + (opts.stepAt !== undefined && i >= opts.stepAt ? 2048 : 0)),
     traceLines: 10 + 12 * i,
     ms: 400,
@@ -59,5 +66,39 @@ describe('soak figures', () => {
     junk = undefined;
     collectGarbage();
     expect(process.memoryUsage().heapUsed - before, 'heap left after the GC').to.be.below(512 * 1024);
+  });
+});
+
+describe('soak trace window (a real three-cycle hot-plug capture from the virtual lab)', () => {
+  it('each window models only the lines since the last, one cycle each: one HWPT, nothing left live; a line half written waits', async function () {
+    const path = defaultTraceEventsPath();
+    if (!existsSync(path)) skipBecause(this, `no trace-events-all at ${path} (reference QEMU not installed)`);
+    const formats = await TraceFormats.load(path);
+    const lines = readFileSync(join(repoRoot, 'tests', 'fixtures', 'trace', 'l1', 'no-viommu-hotplug-3-cycles.log'), 'utf8')
+      .split('\n')
+      .filter(Boolean);
+    // Cycles end where QEMU lets go of its iommufd.
+    const ends = lines.flatMap((l, i) => (l.includes('iommufd_backend_disconnect') ? [i + 1] : []));
+    expect(ends, 'cycles in the capture').to.have.length(3);
+    const dir = mkdtempSync(join(tmpdir(), 'soak-window-'));
+    try {
+      const file = join(dir, 'trace.log');
+      writeFileSync(file, '');
+      const w = new TraceWindow(file, formats);
+      let from = 0;
+      for (const [c, end] of ends.entries()) {
+        const chunk = `${lines.slice(from, end).join('\n')}\n`;
+        // The next cycle's first line, half written, rides along.
+        const half = lines[end]?.slice(0, 20) ?? '';
+        appendFileSync(file, chunk.slice(c === 0 ? 0 : 20) + half);
+        const m = w.next();
+        expect(m.hwptAllocs, `cycle ${c + 1}: HWPT allocations`).to.have.length(1);
+        expect(m.liveObjects(), `cycle ${c + 1}: objects left live`).to.deep.equal([]);
+        expect(w.lines).to.equal(end);
+        from = end;
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
