@@ -154,10 +154,7 @@ if [ -n "$missing" ]; then
 fi
 
 log "compiling $target with make -j$jobs (log: $buildlog)"
-# Minutes on 2 cores: a line every 30 s with the objects compiled so far (the log's CC lines).
-run_progress "compiling the $arch kernel" "$buildlog" '^  (CC|AS)  ' 'objects compiled' \
-  make -C "$src" O="$obj" ARCH="$karch" ${cross:+CROSS_COMPILE=$cross} -j"$jobs" "$target" \
-  || fail "kernel build failed"
+kmake "$target" || fail "kernel build failed"
 grep -q '^CONFIG_MODULES=y' "$obj/.config" && fail "CONFIG_MODULES=y: the guest kernel must have everything built in"
 
 cp "$obj/$built" "$out/$target.tmp"
