@@ -39,8 +39,9 @@ fi
 sh scripts/install-qemu.sh --release trixie
 
 # 4. Guest kernel and initramfs (cached by their inputs; ~10 minutes the first time).
+# The kernel build's progress (objects compiled, every 30 s) is watched from here.
 if [ "${HARNESS_SKIP_IMAGES:-}" != 1 ]; then
-  sh scripts/build-kernel.sh
+  run_progress 'building the x86_64 kernel' - '^  (CC|AS)  ' 'objects compiled' sh scripts/build-kernel.sh
   sh scripts/build-initramfs.sh
 fi
 # The arm64 lab's images: its root (sid's arm64 Node, QEMU and UEFI firmware),
@@ -48,7 +49,7 @@ fi
 # initramfs (busybox from that root). Each a no-op when cached.
 if [ "${HARNESS_SKIP_IMAGES:-}" != 1 ]; then
   sh scripts/install-arm64-root.sh
-  sh scripts/build-kernel.sh --arch aarch64
+  run_progress 'building the aarch64 kernel' - '^  (CC|AS)  ' 'objects compiled' sh scripts/build-kernel.sh --arch aarch64
   sh scripts/build-initramfs.sh --arch aarch64
 fi
 # Native helpers (iommufd-probe for IOMMU_GET_HW_INFO), for this machine and

@@ -15,33 +15,61 @@ progress_every=${HARNESS_PROGRESS_SECONDS:-30}
 # 95 -> 1m35s
 elapsed_text() { if [ "$1" -lt 60 ]; then echo "${1}s"; else printf '%dm%02ds\n' $(($1 / 60)) $(($1 % 60)); fi; }
 
-# run_progress WHAT LOG COUNT_RE NOUN CMD...: runs CMD with its output appended
-# to LOG; while it runs, logs the time so far, WHAT, how many lines of LOG
+# run_progress WHAT LOG COUNT_RE NOUN CMD...: runs CMD; while it runs, logs at
+# most every $progress_every s the time so far, WHAT, how many lines of LOG
 # match the extended regexp COUNT_RE (as "N NOUN") and LOG's last line.
-# Returns CMD's status. A signal to this script stops CMD too.
+# LOG is a file CMD's output is appended to; or "-" for a command that names
+# its own log on stderr as "(log: FILE)" (build-kernel.sh: its own text keys
+# the cached kernel, so its progress is watched from here): CMD's stderr is
+# then relayed as it comes. Returns CMD's status; a signal stops CMD too.
 run_progress() {
   rp_what=$1 rp_log=$2 rp_re=$3 rp_noun=$4
   shift 4
-  "$@" >>"$rp_log" 2>&1 &
+  rp_err=
+  if [ "$rp_log" = - ]; then
+    rp_err=$(mktemp)
+    "$@" 2>"$rp_err" &
+  else
+    "$@" >>"$rp_log" 2>&1 &
+  fi
   rp_pid=$!
   trap 'kill "$rp_pid" 2>/dev/null; exit 130' INT
   trap 'kill "$rp_pid" 2>/dev/null; exit 143' TERM
   rp_start=$(date +%s)
   rp_last=$rp_start
+  rp_shown=0
   while kill -0 "$rp_pid" 2>/dev/null; do
-    sleep 1
+    # Short polls: a cached step (most runs) costs no more than it did.
+    sleep 0.2
+    [ -z "$rp_err" ] || rp_shown=$(relay_new "$rp_err" "$rp_shown")
     rp_now=$(date +%s)
-    if [ $((rp_now - rp_last)) -ge "$progress_every" ]; then
-      rp_last=$rp_now
-      rp_n=$(grep -cE "$rp_re" "$rp_log" 2>/dev/null || true)
-      rp_tail=$(tail -n 1 "$rp_log" 2>/dev/null | tr -d '\r' | cut -c1-120)
+    [ $((rp_now - rp_last)) -ge "$progress_every" ] || continue
+    rp_last=$rp_now
+    rp_file=$rp_log
+    [ -z "$rp_err" ] || rp_file=$(sed -n 's/.*(log: \(.*\))$/\1/p' "$rp_err" | tail -n 1)
+    if [ -n "$rp_file" ] && [ -f "$rp_file" ]; then
+      rp_n=$(grep -cE "$rp_re" "$rp_file" 2>/dev/null || true)
+      rp_tail=$(tail -n 1 "$rp_file" 2>/dev/null | tr -d '\r' | cut -c1-120)
       log "$(elapsed_text $((rp_now - rp_start))) $rp_what: ${rp_n:-0} $rp_noun so far; last: $rp_tail"
+    else
+      log "$(elapsed_text $((rp_now - rp_start))) $rp_what (no log yet)"
     fi
   done
   rp_status=0
   wait "$rp_pid" || rp_status=$?
   trap - INT TERM
+  if [ -n "$rp_err" ]; then
+    relay_new "$rp_err" "$rp_shown" >/dev/null
+    rm -f "$rp_err"
+  fi
   return "$rp_status"
+}
+
+# relay_new FILE N: prints FILE's complete lines after the first N to stderr; echoes the new N.
+relay_new() {
+  rn_total=$(wc -l < "$1")
+  [ "$rn_total" -le "$2" ] || sed -n "$(($2 + 1)),${rn_total}p" "$1" >&2
+  echo "$rn_total"
 }
 
 # Runs apt-get/apt-cache against a Debian release with a private
