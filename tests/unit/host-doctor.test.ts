@@ -183,7 +183,7 @@ describe('host doctor', () => {
     const bad = join(root, 'bad.yaml');
     writeFileSync(bad, 'name: x\nplatform: vtd\ndevices:\n  - {bdf: 0000:1:00.0, role: pasid}\n');
     expect(await doctorCommand(['--profile', bad], b.io)).to.equal(128);
-    expect(b.err()).to.equal(`harness doctor: ${bad}: devices[0].bdf: "0000:1:00.0" is not a PCI address (DDDD:BB:DD.F)\n`);
+    expect(b.err()).to.equal(`harness doctor: ${bad}: line 4: devices[0].bdf: "0000:1:00.0" is not a PCI address (DDDD:BB:DD.F)\n`);
   });
 
   it('runs for real on this machine: `harness doctor --json` says what is missing, with reasons', async () => {
