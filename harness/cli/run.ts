@@ -36,6 +36,7 @@ import {
   testKey,
   type ListedTest,
 } from '../testing/test-list.js';
+import { planJobs, runJobs } from '../testing/jobs.js';
 import { superviseInterrupts } from '../testing/run-interrupts.js';
 import { startRunFiles } from '../report/run-files.js';
 import { interruptExitCode, interruption } from '../util/interrupt.js';
@@ -56,6 +57,7 @@ export const RUN: CommandSpec = {
     grep: { type: 'string', value: 'REGEXP', help: "only tests whose full title matches (mocha's --grep); reaches L1's lab tests in the virtual lab" },
     failed: { type: 'boolean', help: "only the tests that failed in the last run (its results.json under $HARNESS_ARTIFACTS/latest)" },
     repeat: { type: 'string', value: 'N', help: 'run each selected test N times in a row (flakiness before a bisect)' },
+    jobs: { type: 'string', value: 'N', help: 'the selected test files in N worker processes at once (the lab suite\'s in one: they share devices); artifacts per worker in the run folder' },
     soak: { type: 'string', value: 'N', help: "the soak suite: the lab's hot-plug scenario N times on one L2, leak figures printed (in the virtual lab; on the host with --profile)" },
     list: { type: 'boolean', help: 'print the tests a run would execute (with L1\'s under the virtual-lab suite) and exit' },
     json: { type: 'boolean', help: 'with --list: JSON objects {file, path, title}' },
@@ -156,6 +158,9 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
   const repeatText = str(values, 'repeat');
   const repeat = repeatText === undefined ? 1 : Number(repeatText);
   if (!Number.isInteger(repeat) || repeat < 1) throw new UsageError(`--repeat wants a whole number of at least 1, not ${JSON.stringify(repeatText)}`);
+  const jobsText = str(values, 'jobs');
+  const jobs = jobsText === undefined ? 1 : Number(jobsText);
+  if (!Number.isInteger(jobs) || jobs < 1) throw new UsageError(`--jobs wants a whole number of at least 1, not ${JSON.stringify(jobsText)}`);
   const soakText = str(values, 'soak');
   if (soakText !== undefined) {
     const n = Number(soakText);
@@ -259,6 +264,10 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
     startRunFiles();
   } catch (e) {
     throw new UsageError((e as Error).message, false);
+  }
+  if (jobs > 1) {
+    const plan = planJobs(all.filter(({ test }) => keep.has(test)).map((x) => x.listed), jobs);
+    return runJobs(plan, { repeat, log: (l) => io.stderr.write(`harness run: ${l}\n`), write: (t) => io.stdout.write(t) });
   }
   const qemus = await checkQemus(origins);
   if (qemus.broken) {
