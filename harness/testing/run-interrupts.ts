@@ -10,6 +10,7 @@
  */
 import type Mocha from 'mocha';
 import { Machine } from '../qemu/machine.js';
+import { sleep } from '../util/deadline.js';
 import { finishActiveReport } from '../report/mocha-reporter.js';
 import { handleInterrupts, interruptExitCode, InterruptedError, type Interrupt } from '../util/interrupt.js';
 
@@ -28,7 +29,7 @@ export function superviseInterrupts(runner: Mocha.Runner, log: (line: string) =>
     // A test that already has its verdict keeps it; only the running one is failed.
     if (cur && !cur.isPassed() && !cur.isFailed() && !cur.isPending()) (runner as Mocha.Runner & { uncaught(e: Error): void }).uncaught(new InterruptedError(i));
     void Machine.shutdownAll({ quitTimeoutMs: 1000, termTimeoutMs: 1000 });
-    deadline = setTimeout(() => {
+    deadline = setTimeout(async () => {
       log(`${i.signal}: the run's hooks did not end within ${INTERRUPT_DEADLINE_MS / 1000} s; SIGKILL to QEMU pids ${Machine.livePids.join(', ') || 'none'}, writing the reports`);
       for (const pid of Machine.livePids) {
         try {
@@ -37,6 +38,8 @@ export function superviseInterrupts(runner: Mocha.Runner, log: (line: string) =>
           /* gone */
         }
       }
+      // Reaped before the exit handlers give devices back: a QEMU still holding a cdev blocks that.
+      await Promise.race([Machine.shutdownAll(), sleep(3000)]);
       finishActiveReport();
       process.exit(interruptExitCode(i.signal));
     }, INTERRUPT_DEADLINE_MS);

@@ -39,6 +39,11 @@ describe('interrupt fixture', () => {
     await new Promise(() => {});
   });
   it('comes after', () => {});
+  // A teardown that never ends: the interrupt's deadline must cut it short.
+  after(function () {
+    this.timeout(0);
+    if (process.env.FIXTURE_HANG_AFTER === '1') return new Promise(() => {});
+  });
 });
 `,
 );
@@ -155,6 +160,22 @@ describe('an interrupted or killed harness run (real QEMU)', function () {
     expect(await stillAlive([qemu], 5000), 'QEMU left').to.deep.equal([]);
     // The JUnit written at the start stands: it fails, saying the run did not finish.
     expect(readFileSync(join(c.dir, 'artifacts', 'junit.xml'), 'utf8')).to.include('has not written its results');
+  });
+
+  it('hooks that never end after SIGINT: at the deadline QEMU is SIGKILLed and the reports are written anyway (exit 130)', async () => {
+    const c = start('deadline', ['--spec', spec], { FIXTURE_SIGSTOP: '1', FIXTURE_HANG_AFTER: '1', HARNESS_INTERRUPT_DEADLINE_MS: '3000' });
+    const qemu = await holding(c);
+    const t0 = Date.now();
+    c.proc.kill('SIGINT');
+    const r = await c.proc;
+    const ms = Date.now() - t0;
+    console.log(`      SIGINT with a hanging hook: exit ${r.exitCode} after ${ms} ms`);
+    expect(r.exitCode, String(r.stderr)).to.equal(130);
+    expect(ms).to.be.within(2900, 10_000);
+    expect(String(r.stderr)).to.include('did not end within 3 s');
+    expect(await stillAlive([qemu], 5000), 'QEMU left').to.deep.equal([]);
+    const junit = readFileSync(join(c.dir, 'artifacts', 'junit.xml'), 'utf8');
+    expect(junit).to.include('interrupted by SIGINT').and.not.include('has not written its results');
   });
 
   for (const stopped of [false, true]) {
