@@ -16,6 +16,7 @@ import {
 import type { MachineDescription } from '../../harness/qemu/argv.js';
 import { guestDescription } from '../../harness/guest/boot.js';
 import { repoRoot } from '../../harness/util/paths.js';
+import { runTmpDir } from '../../harness/util/run-tmp.js';
 import { VfioUserConfigError } from '../../harness/vfio-user/preflight.js';
 
 /** The virtual lab's L1 machine as data: no QEMU is started here. */
@@ -59,7 +60,8 @@ describe('virtual lab topology', () => {
 
   it('refuses an L1 intel-iommu without caching-mode before launching, and closes the servers it started', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'vlab-unit-'));
-    const before = new Set(readdirSync(tmpdir()).filter((f) => f.startsWith('harness-vfio-user-')));
+    // This process's own temp folder (where the servers' socket folders go), not the shared /tmp.
+    const before = new Set(readdirSync(runTmpDir()).filter((f) => f.startsWith('harness-vfio-user-')));
     let launched = false;
     try {
       const err = await VirtualLab.start(
@@ -72,7 +74,7 @@ describe('virtual lab topology', () => {
       expect(err).to.be.instanceOf(VfioUserConfigError);
       expect((err as Error).message).to.match(/vfio-user-pci lab-pasid-endpoint, lab-plain-endpoint, lab-pasid-no-tlp-prefix behind intel-iommu needs caching-mode=on, but caching-mode is not set/);
       expect(launched, 'launch called').to.equal(false);
-      const after = readdirSync(tmpdir()).filter((f) => f.startsWith('harness-vfio-user-') && !before.has(f));
+      const after = readdirSync(runTmpDir()).filter((f) => f.startsWith('harness-vfio-user-') && !before.has(f));
       expect(after, 'vfio-user socket folders left behind').to.deep.equal([]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
