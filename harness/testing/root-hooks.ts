@@ -1,7 +1,7 @@
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Machine } from '../qemu/machine.js';
-import { pointLatestAt } from '../report/run-files.js';
+import { startRunFiles } from '../report/run-files.js';
 import { artifactsRoot, runArtifactsDir } from '../util/paths.js';
 
 /** Runs kept under artifacts/runs; older ones are removed when a run starts. */
@@ -15,8 +15,9 @@ export const mochaHooks = {
     const runs = join(artifactsRoot(), 'runs');
     const old = readdirSync(runs).sort().slice(0, -KEEP_RUNS);
     for (const r of old) rmSync(join(runs, r), { recursive: true, force: true });
-    // In one rename: at no moment does latest name an older run (harness run points it before this).
-    pointLatestAt(dir);
+    // latest and a failing placeholder JUnit for this run, each in one rename, so a killed npm test
+    // never leaves an older run's verdict standing (harness run has done this before loading).
+    startRunFiles();
   },
   async afterAll(this: Mocha.Context): Promise<void> {
     this.timeout(60_000);
