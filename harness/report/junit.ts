@@ -11,6 +11,8 @@ export interface TestResult {
   artifactsDir?: string;
   /** The test file that defines it (lets the virtual lab tell a missing suite file from a crash). */
   file?: string;
+  /** When it started (ISO 8601, UTC): JUnit's timestamp. */
+  startedAt?: string;
 }
 
 const xmlEscape = (s: string): string =>
@@ -29,9 +31,13 @@ export function junitXml(results: readonly TestResult[], name = 'viommu-harness'
     `<testsuites name="${xmlEscape(name)}" tests="${results.length}" failures="${count(results, 'failed')}" skipped="${count(results, 'skipped')}" time="${secs(results)}">`,
   ];
   for (const [suite, rs] of bySuite) {
-    out.push(`  <testsuite name="${xmlEscape(suite)}" tests="${rs.length}" failures="${count(rs, 'failed')}" skipped="${count(rs, 'skipped')}" time="${secs(rs)}">`);
+    // JUnit's timestamp has no zone and no fraction (the XSD's ISO8601_DATETIME_PATTERN): UTC, seconds.
+    const first = rs.map((r) => r.startedAt).filter((t): t is string => Boolean(t)).sort()[0];
+    const stamp = first ? ` timestamp="${first.slice(0, 19)}"` : '';
+    out.push(`  <testsuite name="${xmlEscape(suite)}" tests="${rs.length}" failures="${count(rs, 'failed')}" skipped="${count(rs, 'skipped')}" time="${secs(rs)}"${stamp}>`);
     for (const r of rs) {
-      const head = `    <testcase classname="${xmlEscape(suite)}" name="${xmlEscape(r.title)}" time="${(r.durationMs / 1000).toFixed(3)}"`;
+      const file = r.file ? ` file="${xmlEscape(r.file)}"` : '';
+      const head = `    <testcase classname="${xmlEscape(suite)}" name="${xmlEscape(r.title)}" time="${(r.durationMs / 1000).toFixed(3)}"${file}`;
       // Properties and [[ATTACHMENT|...]] lines for CI systems: harness/report/html/junit-extras.ts.
       const artifacts = junitTestcaseExtras(r);
       if (r.state === 'passed') out.push(`${head}>${artifacts}${artifacts ? '\n    ' : ''}</testcase>`);

@@ -39,7 +39,13 @@ export default class HarnessReporter extends Mocha.reporters.Base {
     const failedHooks = hookFailures.get(runner) ?? new Map<Mocha.Suite, string>();
     hookFailures.set(runner, failedHooks);
     const add = (t: T, state: TestResult['state'], err?: Error) => {
-      const r: TestResult = { suite: suitePath(t), title: t.title, state, durationMs: t.duration ?? 0 };
+      const r: TestResult = {
+        suite: suitePath(t),
+        title: t.title,
+        state,
+        durationMs: t.duration ?? 0,
+        startedAt: new Date(Date.now() - (t.duration ?? 0)).toISOString(),
+      };
       if (err) r.error = err.stack ?? String(err);
       if (state === 'skipped') r.skipReason = t.skipReason ?? 'skipped without a reason';
       if (t.artifactsDir) r.artifactsDir = t.artifactsDir;

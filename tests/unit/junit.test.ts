@@ -19,6 +19,17 @@ describe('report', () => {
     expect(x).to.include('<system-out>artifacts: /a/qmp/oob</system-out>');
   });
 
+  it('gives each suite its first test’s start as JUnit’s timestamp (UTC, no zone) and each test its file', () => {
+    const x = junitXml([
+      { suite: 'qmp', title: 'b', state: 'passed', durationMs: 1, startedAt: '2026-12-02T07:30:05.250Z', file: 'tests/qemu/qmp.test.ts' },
+      { suite: 'qmp', title: 'a', state: 'passed', durationMs: 1, startedAt: '2026-12-02T07:30:01.900Z', file: 'tests/qemu/qmp.test.ts' },
+      { suite: 'old', title: 'c', state: 'passed', durationMs: 1 },
+    ]);
+    expect(x).to.include('<testsuite name="qmp" tests="2" failures="0" skipped="0" time="0.002" timestamp="2026-12-02T07:30:01">');
+    expect(x).to.include('<testcase classname="qmp" name="b" time="0.001" file="tests/qemu/qmp.test.ts"');
+    expect(x).to.include('<testsuite name="old" tests="1" failures="0" skipped="0" time="0.001">');
+  });
+
   it('counts skips per reason, most frequent first', () => {
     expect(skipsByReason(results)).to.deep.equal([
       { reason: 'host IOMMU has no nesting (ecap.NEST=0)', count: 2 },
