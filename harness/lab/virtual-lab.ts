@@ -1,91 +1,42 @@
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Agent } from '../guest/agent.js';
-import { bootGuest, DEFAULT_INTEL_IOMMU, guestDescription, type BootedGuest, type GuestOptions } from '../guest/boot.js';
+import { bootGuest, guestDescription, type BootedGuest, type GuestOptions } from '../guest/boot.js';
 import type { GuestImage } from '../guest/image.js';
 import type { DeviceSpec, MachineDescription, PropValue } from '../qemu/argv.js';
 import type { Machine } from '../qemu/machine.js';
-import { NATIVE_PCIE_HOTPLUG, rootPorts } from '../qemu/topology.js';
 import type { TestResult } from '../report/junit.js';
 import { cacheDir, repoRoot } from '../util/paths.js';
 import { soakBudgetMs } from './soak.js';
 import { shellQuote } from '../util/shell.js';
 import { VfioUserDevices } from '../vfio-user/attach.js';
 import { followJsonLines } from './l1-results.js';
-import type { DeviceDescription } from '../vfio-user/description.js';
 import { checkVfioUserNeedsCachingMode } from '../vfio-user/preflight.js';
 import { withHeartbeat } from '../util/progress.js';
+import { vfioUserPort, type LabDevice, type LabPlatform, type LabVfioUserDevice } from './platforms/platform.js';
+import { VTD_LAB_PLATFORM } from './platforms/vtd.js';
 
 /**
- * The virtual lab: an L1 Linux guest under TCG whose emulated VT-d gives it a
- * real /dev/iommu and vfio-pci. L1's root file system is this machine's own
- * `/`, shared read-only over virtio-9p, so L1 runs the same Node, the same
- * compiled harness and the same reference QEMU (as its L2); a second,
- * writable share brings results and artifacts back.
+ * The virtual lab: an L1 Linux guest under TCG whose emulated vIOMMU gives it
+ * a real /dev/iommu and vfio-pci, running the lab suites as a lab machine
+ * would. One code path for both platforms; what differs (L1's machine, its
+ * devices, its root, its host profile, its environment) is a LabPlatform:
+ * platforms/vtd.ts (the default) and platforms/arm64.ts.
  */
 
-/** Where the results share appears inside L1 (must exist in the read-only root). */
-export const L1_RESULTS_MOUNT = '/mnt';
-
-/** An emulated endpoint on its own root port; the L1 BDF follows from the port order. */
-export interface LabDevice {
-  /** Short name used in the host profile and test titles. */
-  name: string;
-  device: Omit<DeviceSpec, 'bus' | 'id'>;
-}
-
-/**
- * Endpoints L1 can hand to vfio-pci. None of QEMU's emulated devices has a
- * PASID capability (facts §8); the synthetic vfio-user endpoints add those.
- */
-export const DEFAULT_LAB_DEVICES: LabDevice[] = [
-  { name: 'e1000e', device: { driver: 'e1000e', romfile: '' } },
-  { name: 'igb', device: { driver: 'igb', romfile: '' } },
-  { name: 'edu', device: { driver: 'edu' } },
-  { name: 'iommu-testdev', device: { driver: 'iommu-testdev' } },
-];
-
-/**
- * Synthetic endpoints served over vfio-user from this process (harness/vfio-user):
- * L1's kernel sees them as real PCIe functions, with the PASID capability no
- * emulated device has. They take the root ports after the emulated devices.
- */
-export interface LabVfioUserDevice {
-  /** Short name used in the host profile and as the QEMU id (`lab-NAME`). */
-  name: string;
-  /** A built-in description name or JSON path, or a description. */
-  device: string | DeviceDescription;
-}
-
-export const DEFAULT_VFIO_USER_DEVICES: LabVfioUserDevice[] = [
-  { name: 'pasid-endpoint', device: 'pasid-endpoint' },
-  { name: 'plain-endpoint', device: 'plain-endpoint' },
-  // PASID capability, but DevCap2 without the TLP prefix bits: L1 cannot enable PASID.
-  { name: 'pasid-no-tlp-prefix', device: 'pasid-no-tlp-prefix' },
-];
-
-/**
- * Devices L1's own drivers own, for the binding tests (tests/lab/host.test.ts,
- * role binding-test in qemu-configs/hosts/virtual-lab.yaml): a virtio-net
- * the binder takes and a killed run must give back, a virtio-net whose link
- * the test brings up, and a virtio-9p function the test mounts (both must be
- * refused). On the root ports after the vfio-user endpoints, so their L1
- * addresses are fixed: l1Bdf(7), l1Bdf(8), l1Bdf(9).
- */
-export const BINDING_TEST_SHARE_TAG = 'labshare';
-export const BINDING_TEST_DEVICES: LabDevice[] = [
-  { name: 'net-down', device: { driver: 'virtio-net-pci', romfile: '' } },
-  { name: 'net-up', device: { driver: 'virtio-net-pci', romfile: '' } },
-  { name: 'share', device: { driver: 'virtio-9p-pci', fsdev: BINDING_TEST_SHARE_TAG, mount_tag: BINDING_TEST_SHARE_TAG } },
-];
-
-/**
- * L1 reserves this many 2 MiB pages at boot (kernel `hugepages=`), so that
- * an L2's RAM can be hugetlb-backed: L1's VT-d driver then maps it with 2 MiB
- * leaves, and L0's QEMU sends the vfio-user server one DMA_MAP per 2 MiB
- * instead of one per 4 KiB page (bench/lab-attach.ts).
- */
-export const L1_HUGEPAGES = 320;
+export type { LabDevice, LabPlatform, LabVfioUserDevice } from './platforms/platform.js';
+export {
+  BINDING_TEST_DEVICES,
+  BINDING_TEST_SHARE_TAG,
+  DEFAULT_LAB_DEVICES,
+  DEFAULT_VFIO_USER_DEVICES,
+  L1_HUGEPAGES,
+  L1_PASSED_ENV,
+  L1_RESULTS_MOUNT,
+  l1Shares,
+  virtualLabDescription,
+  VTD_LAB_PLATFORM,
+} from './platforms/vtd.js';
 
 /** Free 2 MiB pages on this host (in the lab: L1); 0 without hugetlbfs. */
 export function freeHugepages(path = '/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages'): number {
@@ -126,6 +77,8 @@ export function l1Bdf(index: number): string {
 }
 
 export interface VirtualLabOptions {
+  /** L1's platform (default VTD_LAB_PLATFORM). */
+  platform?: LabPlatform;
   image: GuestImage;
   /** L0 folder shared writable with L1 (its results and artifacts land here). */
   resultsDir: string;
@@ -146,60 +99,15 @@ export interface VirtualLabOptions {
   log?: (line: string) => void;
 }
 
-/** Folders L1 covers with tmpfs: host paths below them are invisible there. */
-const L1_TMPFS = ['/tmp', '/run', '/var/tmp', '/dev/shm'];
-
-/**
- * Extra read-only shares so L1 sees the checkout and the cache at the same
- * paths as L0. The checkout is always shared (a CI clone may live in /tmp);
- * the cache only when it lies below a folder L1 covers with tmpfs.
- */
-export function l1Shares(repo = repoRoot, cache = cacheDir()): Array<{ tag: string; path: string }> {
-  const masked = (p: string) => L1_TMPFS.some((t) => p === t || p.startsWith(`${t}/`));
-  return [{ tag: 'repo', path: repo }, ...(masked(cache) ? [{ tag: 'cache', path: cache }] : [])];
-}
-
 /** The root port of the Nth vfio-user device (after the emulated lab devices). */
-export function vfioUserBus(o: Pick<VirtualLabOptions, 'devices'>, n: number): string {
-  return `rp${(o.devices ?? DEFAULT_LAB_DEVICES).length + n}`;
+export function vfioUserBus(o: Pick<VirtualLabOptions, 'devices' | 'platform'>, n: number): string {
+  return vfioUserPort(o.devices ?? labPlatform(o).defaultDevices, n);
 }
 
-/**
- * L1 as guest options: the lab devices and the vfio-user endpoints on their
- * root ports, the host's / as the read-only root, the results share, and the
- * checkout (and a cache below a tmpfs folder) at their L0 paths.
- * `vfioUser` are the -device specs of the running servers, in the order of `o.vfioUser`.
- */
-export function virtualLabDescription(o: VirtualLabOptions, vfioUser: DeviceSpec[] = []): Omit<GuestOptions, 'image'> {
-  const devs = o.devices ?? DEFAULT_LAB_DEVICES;
-  const binding = o.bindingTestDevices === false ? [] : BINDING_TEST_DEVICES;
-  const firstBindingPort = devs.length + vfioUser.length;
-  const hugepages = o.hugepages ?? L1_HUGEPAGES;
-  return {
-    intelIommu: o.intelIommu ?? DEFAULT_INTEL_IOMMU,
-    memoryMB: o.memoryMB ?? 3072,
-    quiet: true,
-    rootShare: {},
-    resultsShare: { hostPath: o.resultsDir, guestPath: L1_RESULTS_MOUNT },
-    extraShares: l1Shares().map((x) => ({ tag: x.tag, hostPath: x.path, guestPath: x.path })),
-    append: hugepages > 0 ? [`hugepages=${hugepages}`] : [],
-    globals: [NATIVE_PCIE_HOTPLUG],
-    devices: [
-      ...rootPorts(devs.length + vfioUser.length + binding.length + (o.extraDevices?.length ?? 0)),
-      ...devs.map((d, i) => ({ ...d.device, id: `lab-${d.name}`, bus: `rp${i}` }) as DeviceSpec),
-      ...vfioUser,
-      ...binding.map((d, i) => ({ ...d.device, id: `lab-${d.name}`, bus: `rp${firstBindingPort + i}` }) as DeviceSpec),
-      ...(o.extraDevices ?? []),
-    ],
-    // The binding tests' 9p function exports a small read-only folder of the checkout.
-    extraArgs: binding.some((d) => d.device.driver === 'virtio-9p-pci')
-      ? ['-fsdev', `local,id=${BINDING_TEST_SHARE_TAG},path=${join(repoRoot, 'qemu-configs')},security_model=none,readonly=on`]
-      : [],
-  };
+/** The options' platform: VT-d unless they name one. */
+export function labPlatform(o: Pick<VirtualLabOptions, 'platform'>): LabPlatform {
+  return o.platform ?? VTD_LAB_PLATFORM;
 }
-
-/** L0's environment variables that L1's `harness run` gets too (everything else is L1's own, see runSuites). */
-export const L1_PASSED_ENV = ['QEMU_X86_64', 'HARNESS_L2_QEMU_X86_64', 'HARNESS_TIMEOUT_MULTIPLIER', 'HARNESS_SOAK_CYCLES'] as const;
 
 export interface SuiteRunOptions {
   timeoutMs?: number;
@@ -248,9 +156,10 @@ export class VirtualLab {
     const servers = new VfioUserDevices(o.log ?? (() => {}));
     let launched: Machine | undefined;
     try {
-      const vu = o.vfioUser ?? DEFAULT_VFIO_USER_DEVICES;
+      const platform = labPlatform(o);
+      const vu = o.vfioUser ?? platform.defaultVfioUser;
       for (const [i, v] of vu.entries()) await servers.add(v.device, { id: `lab-${v.name}`, bus: vfioUserBus(o, i) });
-      const guestOptions: GuestOptions = { image: o.image, ...virtualLabDescription(o, servers.specs()) };
+      const guestOptions: GuestOptions = { image: o.image, ...platform.describe(o, servers.specs()) };
       const bad = checkVfioUserNeedsCachingMode(guestDescription(guestOptions));
       if (bad) throw bad;
       const guest = await bootGuest(
@@ -279,7 +188,12 @@ export class VirtualLab {
 
   /** An L1 path on the results share, as seen from L0. */
   l0Path(l1Path: string): string {
-    return l1Path.startsWith(L1_RESULTS_MOUNT) ? join(this.options.resultsDir, l1Path.slice(L1_RESULTS_MOUNT.length)) : l1Path;
+    const mount = this.platform.resultsMount;
+    return l1Path.startsWith(mount) ? join(this.options.resultsDir, l1Path.slice(mount.length)) : l1Path;
+  }
+
+  get platform(): LabPlatform {
+    return labPlatform(this.options);
   }
 
   /**
@@ -288,6 +202,7 @@ export class VirtualLab {
    * artifact paths translated to L0's.
    */
   async runSuites(suites: string[], opts: SuiteRunOptions = {}): Promise<SuiteRun> {
+    const { resultsMount: L1_RESULTS_MOUNT, hostProfile, passedEnv, l1Env } = this.platform;
     const env: Record<string, string> = {
       PATH: '/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin',
       HOME: process.env.HOME ?? '/root',
@@ -296,14 +211,15 @@ export class VirtualLab {
       HARNESS_JUNIT: `${L1_RESULTS_MOUNT}/junit.xml`,
       HARNESS_RESULTS_JSON: `${L1_RESULTS_MOUNT}/results.json`,
       HARNESS_RESULTS_JSONL: `${L1_RESULTS_MOUNT}/results.jsonl`,
-      HARNESS_HOST_PROFILE: join(repoRoot, 'qemu-configs', 'hosts', 'virtual-lab.yaml'),
+      HARNESS_HOST_PROFILE: hostProfile,
       HARNESS_VIRTUAL_LAB: '1',
       // L1's root (and so the cache) is read-only; its /run is tmpfs.
       HARNESS_VFIO_JOURNAL: '/run/harness-vfio-journal.jsonl',
       // The guest image is L0's; L1 never boots guests of its own.
       HARNESS_SKIP_IMAGES: '1',
       // The user's QEMU for L0, and the one the lab suites run as L2, reach L1 as they reached L0.
-      ...Object.fromEntries(L1_PASSED_ENV.filter((k) => process.env[k]).map((k) => [k, process.env[k]!])),
+      ...Object.fromEntries(passedEnv.filter((k) => process.env[k]).map((k) => [k, process.env[k]!])),
+      ...l1Env,
       ...opts.env,
     };
     const args = [...suites.flatMap((s) => ['--suite', s]), ...(opts.grep ? ['--grep', opts.grep] : []), ...(opts.repeat && opts.repeat > 1 ? ['--repeat', String(opts.repeat)] : [])];

@@ -15,6 +15,8 @@ import {
 } from '../../harness/lab/virtual-lab.js';
 import type { MachineDescription } from '../../harness/qemu/argv.js';
 import { guestDescription } from '../../harness/guest/boot.js';
+import { ARM64_LAB_PLATFORM, ARM64_ROOT_QEMU } from '../../harness/lab/platforms/arm64.js';
+import { VTD_LAB_PLATFORM } from '../../harness/lab/platforms/vtd.js';
 import { repoRoot } from '../../harness/util/paths.js';
 import { runTmpDir } from '../../harness/util/run-tmp.js';
 import { VfioUserConfigError } from '../../harness/vfio-user/preflight.js';
@@ -90,5 +92,34 @@ describe('virtual lab topology', () => {
     expect(ok.desc.objects).to.deep.equal([{ 'qom-type': 'memory-backend-memfd', id: 'l2ram', size: 64 << 20, hugetlb: true, hugetlbsize: 2 << 20 }]);
     expect(withHugepageRam(l2, 31)).to.deep.equal({ desc: l2, reason: '31 free 2 MiB pages here, L2 needs 32' });
     expect(withHugepageRam({ ...l2, memoryMB: 65 }, 100).reason).to.equal('L2 memory 65 MB is not a whole number of 2 MiB pages');
+  });
+
+  it('is one lab for two platforms: the arm64 one has emulated endpoints only, its own profile and its root’s QEMU', async () => {
+    expect(VTD_LAB_PLATFORM.describe({ image, resultsDir: '/r' }, [])).to.deep.equal(virtualLabDescription({ image, resultsDir: '/r' }));
+    expect(VTD_LAB_PLATFORM.hostProfile).to.equal(join(repoRoot, 'qemu-configs', 'hosts', 'virtual-lab.yaml'));
+    const arm = ARM64_LAB_PLATFORM.describe({ platform: ARM64_LAB_PLATFORM, image, resultsDir: '/r' }, []);
+    expect(arm.devices!.map((x) => x.id ?? x.driver)).to.deep.equal(['rp0', 'lab-e1000e']);
+    expect(arm.resultsShare).to.deep.equal({ hostPath: '/r', guestPath: '/mnt' });
+    expect(arm.append).to.deep.equal([]);
+    expect(ARM64_LAB_PLATFORM.defaultVfioUser).to.deep.equal([]);
+    expect(ARM64_LAB_PLATFORM.hostProfile).to.equal(join(repoRoot, 'qemu-configs', 'hosts', 'virtual-lab-smmuv3.yaml'));
+    // L0's QEMUs are x86 binaries: none reaches the arm64 L1.
+    expect(ARM64_LAB_PLATFORM.passedEnv.filter((k) => k.includes('QEMU'))).to.deep.equal([]);
+    expect(ARM64_LAB_PLATFORM.l1Env).to.deep.equal({ QEMU_AARCH64: ARM64_ROOT_QEMU, HARNESS_L2_QEMU_AARCH64: ARM64_ROOT_QEMU });
+    const vu = [{ driver: 'vfio-user-pci', id: 'lab-x', bus: 'rp1' }];
+    expect(() => ARM64_LAB_PLATFORM.describe({ image, resultsDir: '/r' }, vu)).to.throw(/vfioUser: the arm64 lab takes no vfio-user endpoints \(lab-x\)/);
+    expect(() => ARM64_LAB_PLATFORM.describe({ image, resultsDir: '/r', intelIommu: {} }, [])).to.throw(/^intelIommu: /);
+    // Nothing served: the arm64 lab starts no vfio-user server, so the launcher sees the SMMUv3 L1 straight away.
+    let launched: MachineDescription | undefined;
+    const err = await VirtualLab.start(
+      async (d) => {
+        launched = d;
+        throw new Error('stop here');
+      },
+      { platform: ARM64_LAB_PLATFORM, image: { arch: 'aarch64', kernel: '/nonexistent/Image', initrd: '/nonexistent/initrd', root: { dir: '/nonexistent/root' } } as never, resultsDir: join(runTmpDir(), 'arm64-lab-unit') },
+    ).catch((e: unknown) => e);
+    expect((err as Error).message).to.equal('stop here');
+    expect(launched!.arch).to.equal('aarch64');
+    expect(launched!.devices!.map((x) => x.driver)).to.include('arm-smmuv3').and.include('e1000e').and.not.include('vfio-user-pci');
   });
 });

@@ -1,7 +1,10 @@
 import type { GuestOptions } from '../../guest/boot.js';
 import type { DeviceSpec } from '../../qemu/argv.js';
 import { rootPorts } from '../../qemu/topology.js';
+import { join } from 'node:path';
 import { cacheDir, repoRoot } from '../../util/paths.js';
+import type { VirtualLabOptions } from '../virtual-lab.js';
+import type { LabDevice, LabPlatform } from './platform.js';
 
 /**
  * The arm64 virtual lab's L1, as guest options (the image, from
@@ -14,15 +17,12 @@ import { cacheDir, repoRoot } from '../../util/paths.js';
  * cache are shared at their host paths, always: unlike the x86 lab, whose
  * root is the host's / and has them already, the arm64 root has neither.
  *
- * Kept apart from harness/lab/virtual-lab.ts until that becomes one code path
- * for both platforms (issue 10, part 2); what it needs from there is data.
+ * As a virtual lab platform (ARM64_LAB_PLATFORM), harness/lab/virtual-lab.ts
+ * boots it and runs the lab suites in it with the smmuv3 host profile.
  */
 
 /** An emulated endpoint on its own root port (rpN, L1 bus N+1). */
-export interface Arm64LabDevice {
-  name: string;
-  device: Omit<DeviceSpec, 'bus' | 'id'>;
-}
+export type Arm64LabDevice = LabDevice;
 
 /**
  * Endpoints an arm64 L1 can hand to vfio-pci. vfio-user ones cannot sit
@@ -32,6 +32,8 @@ export interface Arm64LabDevice {
 export const DEFAULT_ARM64_LAB_DEVICES: Arm64LabDevice[] = [{ name: 'e1000e', device: { driver: 'e1000e', romfile: '' } }];
 
 export interface Arm64L1Options {
+  /** Devices added after the lab devices (each gets one more root port; give them their own bus). */
+  extraDevices?: DeviceSpec[];
   devices?: Arm64LabDevice[];
   /** L0 folder shared writable with L1, mounted at `resultsMount`. */
   resultsDir?: string;
@@ -62,6 +64,49 @@ export function arm64L1Description(o: Arm64L1Options = {}): Omit<GuestOptions, '
     ...(o.resultsDir ? { resultsShare: { hostPath: o.resultsDir, guestPath: o.resultsMount ?? '/mnt' } } : {}),
     extraShares: arm64L1Shares(o.repo, o.cache),
     append: hugepages > 0 ? [`hugepages=${hugepages}`] : [],
-    devices: [...rootPorts(devs.length), ...devs.map((d, i) => ({ ...d.device, id: `lab-${d.name}`, bus: `rp${i}` }) as DeviceSpec)],
+    devices: [
+      ...rootPorts(devs.length + (o.extraDevices?.length ?? 0)),
+      ...devs.map((d, i) => ({ ...d.device, id: `lab-${d.name}`, bus: `rp${i}` }) as DeviceSpec),
+      ...(o.extraDevices ?? []),
+    ],
   };
 }
+
+/** Where the results share appears in the arm64 L1 (the arm64 root gets the folder when missing). */
+export const ARM64_L1_RESULTS_MOUNT = '/mnt';
+
+/** The arm64 root's own QEMU: L2's, a native aarch64 binary there (never L0's reference manifest, an x86 build). */
+export const ARM64_ROOT_QEMU = '/usr/bin/qemu-system-aarch64';
+
+function arm64LabDescription(o: VirtualLabOptions, vfioUser: DeviceSpec[]): Omit<GuestOptions, 'image'> {
+  // QEMU's SMMUv3 refuses the MAP notifier a VFIO container needs (facts §11).
+  if (vfioUser.length > 0)
+    throw new Error(`vfioUser: the arm64 lab takes no vfio-user endpoints (${vfioUser.map((v) => v.id).join(', ')}): QEMU's SMMUv3 cannot front them`);
+  if (o.intelIommu !== undefined) throw new Error("intelIommu: the arm64 lab's vIOMMU is arm-smmuv3, not intel-iommu");
+  return arm64L1Description({
+    resultsDir: o.resultsDir,
+    resultsMount: ARM64_L1_RESULTS_MOUNT,
+    ...(o.devices ? { devices: o.devices } : {}),
+    ...(o.extraDevices ? { extraDevices: o.extraDevices } : {}),
+    ...(o.memoryMB ? { memoryMB: o.memoryMB } : {}),
+    ...(o.hugepages !== undefined ? { hugepages: o.hugepages } : {}),
+  });
+}
+
+/**
+ * The SMMUv3 lab: L1 an arm64 `virt` guest under TCG with EL2 (so KVM works
+ * inside it, and L2 runs `-accel kvm` with arm-smmuv3 accel=on), its profile
+ * qemu-configs/hosts/virtual-lab-smmuv3.yaml.
+ */
+export const ARM64_LAB_PLATFORM: LabPlatform = {
+  name: 'arm64',
+  arch: 'aarch64',
+  hostProfile: join(repoRoot, 'qemu-configs', 'hosts', 'virtual-lab-smmuv3.yaml'),
+  resultsMount: ARM64_L1_RESULTS_MOUNT,
+  defaultDevices: DEFAULT_ARM64_LAB_DEVICES,
+  defaultVfioUser: [],
+  describe: arm64LabDescription,
+  // Not L0's QEMUs: those are x86 binaries; L1 has its own.
+  passedEnv: ['HARNESS_TIMEOUT_MULTIPLIER', 'HARNESS_SOAK_CYCLES'],
+  l1Env: { QEMU_AARCH64: ARM64_ROOT_QEMU, HARNESS_L2_QEMU_AARCH64: ARM64_ROOT_QEMU },
+};
