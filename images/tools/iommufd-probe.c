@@ -9,6 +9,11 @@
  *       allocates an IOAS and asks IOMMU_HWPT_ALLOC for a HWPT on it with each
  *       FLAGS value (0x8, 9, ...), reporting the kernel's answer per value;
  *       every HWPT it gets is destroyed again
+ *   iommufd-probe viommu-alloc [--iommu PATH] CDEV TYPE
+ *       allocates an IOAS, a NEST_PARENT HWPT on it, and asks
+ *       IOMMU_VIOMMU_ALLOC for a vIOMMU of TYPE (1: ARM_SMMUV3) on that
+ *       parent: both answers reported (the SMMUv3 driver refuses a vIOMMU
+ *       unless the SMMU has S2FWB or the root complex CANWBS in IORT)
  *
  * CDEV is a VFIO device cdev (/dev/vfio/devices/vfioN) of a device bound to
  * vfio-pci. Node cannot issue ioctls, hence this small program.
@@ -42,10 +47,13 @@
 #define IOMMUFD_CMD_IOAS_ALLOC 0x81
 #define IOMMUFD_CMD_HWPT_ALLOC 0x89
 #define IOMMUFD_CMD_GET_HW_INFO 0x8a
+#define IOMMUFD_CMD_VIOMMU_ALLOC 0x90
 #define IOMMU_DESTROY P_IO(IOMMUFD_TYPE, IOMMUFD_CMD_DESTROY)
 #define IOMMU_IOAS_ALLOC P_IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_ALLOC)
 #define IOMMU_HWPT_ALLOC P_IO(IOMMUFD_TYPE, IOMMUFD_CMD_HWPT_ALLOC)
 #define IOMMU_GET_HW_INFO P_IO(IOMMUFD_TYPE, IOMMUFD_CMD_GET_HW_INFO)
+#define IOMMU_VIOMMU_ALLOC P_IO(IOMMUFD_TYPE, IOMMUFD_CMD_VIOMMU_ALLOC)
+#define IOMMU_HWPT_ALLOC_NEST_PARENT 0x1
 
 #define VFIO_TYPE ';'
 #define VFIO_BASE 100
@@ -103,6 +111,18 @@ struct iommu_hw_info_arm_smmuv3 {
 	uint32_t aidr;
 };
 
+struct iommu_viommu_alloc {
+	uint32_t size;
+	uint32_t flags;
+	uint32_t type;
+	uint32_t dev_id;
+	uint32_t hwpt_id;
+	uint32_t out_viommu_id;
+	uint32_t data_len;
+	uint32_t __reserved;
+	uint64_t data_uptr __attribute__((aligned(8)));
+};
+
 /* The 16-byte prefix every kernel with cdev support knows (newer ones add token_uuid_ptr behind a flag). */
 struct vfio_device_bind_iommufd {
 	uint32_t argsz;
@@ -115,6 +135,7 @@ _Static_assert(sizeof(struct iommu_hwpt_alloc) == 48, "iommu_hwpt_alloc layout")
 _Static_assert(sizeof(struct iommu_hw_info) == 40, "iommu_hw_info layout");
 _Static_assert(sizeof(struct iommu_hw_info_vtd) == 24, "iommu_hw_info_vtd layout");
 _Static_assert(sizeof(struct iommu_hw_info_arm_smmuv3) == 40, "iommu_hw_info_arm_smmuv3 layout");
+_Static_assert(sizeof(struct iommu_viommu_alloc) == 40, "iommu_viommu_alloc layout");
 _Static_assert(sizeof(struct vfio_device_bind_iommufd) == 16, "vfio_device_bind_iommufd layout");
 
 enum { HW_INFO_TYPE_NONE = 0, HW_INFO_TYPE_INTEL_VTD = 1, HW_INFO_TYPE_ARM_SMMUV3 = 2, HW_INFO_TYPE_TEGRA241_CMDQV = 3, HW_INFO_TYPE_AMD = 4 };
@@ -173,7 +194,8 @@ static int usage(const char *problem)
 	fprintf(stderr,
 		"iommufd-probe: %s\n"
 		"usage: iommufd-probe hw-info [--iommu PATH] /dev/vfio/devices/vfioN\n"
-		"       iommufd-probe hwpt-alloc [--iommu PATH] /dev/vfio/devices/vfioN FLAGS...\n",
+		"       iommufd-probe hwpt-alloc [--iommu PATH] /dev/vfio/devices/vfioN FLAGS...\n"
+		"       iommufd-probe viommu-alloc [--iommu PATH] /dev/vfio/devices/vfioN TYPE\n",
 		problem);
 	printf("{\"step\":\"usage\",\"error\":");
 	json_string(problem);
@@ -202,14 +224,14 @@ int main(int argc, char **argv)
 	int i = 1;
 
 	if (argc < 2)
-		return usage("no mode given (hw-info or hwpt-alloc)");
+		return usage("no mode given (hw-info, hwpt-alloc or viommu-alloc)");
 	mode = argv[i++];
 	if (!strcmp(mode, "-h") || !strcmp(mode, "--help")) {
 		usage("help");
 		return 0;
 	}
-	if (strcmp(mode, "hw-info") && strcmp(mode, "hwpt-alloc"))
-		return usage("unknown mode (expected hw-info or hwpt-alloc)");
+	if (strcmp(mode, "hw-info") && strcmp(mode, "hwpt-alloc") && strcmp(mode, "viommu-alloc"))
+		return usage("unknown mode (expected hw-info, hwpt-alloc or viommu-alloc)");
 	if (i < argc && !strcmp(argv[i], "--iommu")) {
 		if (i + 1 >= argc)
 			return usage("--iommu needs a path");
@@ -231,6 +253,11 @@ int main(int argc, char **argv)
 			if (parse_flags(argv[i], &flags_list[nflags++]))
 				return usage("a FLAGS value is not a 32-bit number (e.g. 0x9)");
 		}
+	} else if (!strcmp(mode, "viommu-alloc")) {
+		if (i + 1 != argc)
+			return usage("viommu-alloc takes one TYPE after the cdev (1: ARM_SMMUV3)");
+		if (parse_flags(argv[i], &flags_list[0]))
+			return usage("the vIOMMU TYPE is not a 32-bit number (e.g. 1)");
 	} else if (i < argc) {
 		return usage("hw-info takes no arguments after the cdev");
 	}
@@ -285,6 +312,37 @@ int main(int argc, char **argv)
 		return fail("ioas-alloc", "IOMMU_IOAS_ALLOC on", iommu_path, errno);
 	printf("{\"cdev\":");
 	json_string(cdev);
+	if (!strcmp(mode, "viommu-alloc")) {
+		struct iommu_hwpt_alloc parent = {
+			.size = sizeof(parent),
+			.flags = IOMMU_HWPT_ALLOC_NEST_PARENT,
+			.dev_id = bind.out_devid,
+			.pt_id = ioas.out_ioas_id,
+		};
+		printf(",\"dev_id\":%u,\"ioas_id\":%u,\"parent\":{\"flags\":\"0x%x\",", bind.out_devid, ioas.out_ioas_id, parent.flags);
+		if (ioctl(iommufd, IOMMU_HWPT_ALLOC, &parent)) {
+			int e = errno;
+			printf("\"ok\":false,\"errno\":\"%s\",\"errno_num\":%d}}\n", errno_name(e), e);
+			return 0;
+		}
+		printf("\"ok\":true,\"hwpt_id\":%u},\"viommu\":{\"type\":%u,", parent.out_hwpt_id, flags_list[0]);
+		struct iommu_viommu_alloc v = {
+			.size = sizeof(v),
+			.type = flags_list[0],
+			.dev_id = bind.out_devid,
+			.hwpt_id = parent.out_hwpt_id,
+		};
+		if (ioctl(iommufd, IOMMU_VIOMMU_ALLOC, &v)) {
+			int e = errno;
+			printf("\"ok\":false,\"errno\":\"%s\",\"errno_num\":%d}}\n", errno_name(e), e);
+		} else {
+			printf("\"ok\":true,\"viommu_id\":%u}}\n", v.out_viommu_id);
+		}
+		/* Closing the fds frees the vIOMMU, the parent and the IOAS. */
+		close(devfd);
+		close(iommufd);
+		return 0;
+	}
 	printf(",\"dev_id\":%u,\"ioas_id\":%u,\"results\":[", bind.out_devid, ioas.out_ioas_id);
 	for (int k = 0; k < nflags; k++) {
 		struct iommu_hwpt_alloc hwpt = {

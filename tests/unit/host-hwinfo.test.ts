@@ -118,8 +118,8 @@ describe('host iommufd hw info', () => {
 
     it('rejects bad usage with exit 2 and a JSON reason', async () => {
       const cases: [string[], string][] = [
-        [[], 'no mode given (hw-info or hwpt-alloc)'],
-        [['probe'], 'unknown mode (expected hw-info or hwpt-alloc)'],
+        [[], 'no mode given (hw-info, hwpt-alloc or viommu-alloc)'],
+        [['probe'], 'unknown mode (expected hw-info, hwpt-alloc or viommu-alloc)'],
         [['hw-info'], 'no VFIO device cdev given (/dev/vfio/devices/vfioN)'],
         [['hw-info', '--iommu'], '--iommu needs a path'],
         [['hw-info', '/dev/null', 'extra'], 'hw-info takes no arguments after the cdev'],
@@ -127,6 +127,9 @@ describe('host iommufd hw info', () => {
         [['hwpt-alloc', '/dev/null', '0x9', 'zz'], 'a FLAGS value is not a 32-bit number (e.g. 0x9)'],
         [['hwpt-alloc', '/dev/null', '-1'], 'a FLAGS value is not a 32-bit number (e.g. 0x9)'],
         [['hwpt-alloc', '/dev/null', '0x100000000'], 'a FLAGS value is not a 32-bit number (e.g. 0x9)'],
+        [['viommu-alloc', '/dev/null'], 'viommu-alloc takes one TYPE after the cdev (1: ARM_SMMUV3)'],
+        [['viommu-alloc', '/dev/null', '1', '2'], 'viommu-alloc takes one TYPE after the cdev (1: ARM_SMMUV3)'],
+        [['viommu-alloc', '/dev/null', 'smmu'], 'the vIOMMU TYPE is not a 32-bit number (e.g. 1)'],
       ];
       for (const [args, error] of cases) {
         const r = await execa(tool, args, { reject: false });

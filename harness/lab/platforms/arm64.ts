@@ -1,7 +1,15 @@
 import type { GuestOptions } from '../../guest/boot.js';
 import type { DeviceSpec } from '../../qemu/argv.js';
 import { rootPorts } from '../../qemu/topology.js';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { bootGuest, guestDescription } from '../../guest/boot.js';
+import type { GuestImage } from '../../guest/image.js';
+import type { MachineDescription } from '../../qemu/argv.js';
+import { findQemu } from '../../qemu/binary.js';
+import type { Machine } from '../../qemu/machine.js';
+import { iortLayoutKey, iortOverride, readL1Iort, withIortOverride, type IortOverride } from '../iort.js';
 import { cacheDir, repoRoot } from '../../util/paths.js';
 import type { VirtualLabOptions } from '../virtual-lab.js';
 import type { LabDevice, LabPlatform } from './platform.js';
@@ -110,3 +118,42 @@ export const ARM64_LAB_PLATFORM: LabPlatform = {
   passedEnv: ['HARNESS_TIMEOUT_MULTIPLIER', 'HARNESS_SOAK_CYCLES'],
   l1Env: { QEMU_AARCH64: ARM64_ROOT_QEMU, HARNESS_L2_QEMU_AARCH64: ARM64_ROOT_QEMU },
 };
+
+export interface Arm64LabImage {
+  /** The image whose initrd carries the IORT override in front. */
+  image: GuestImage;
+  override: IortOverride;
+  /** Milliseconds spent booting an L1 to read QEMU's IORT (0: it came from the cache). */
+  dumpMs: number;
+}
+
+/**
+ * The arm64 lab's L1 image with the IORT override (harness/lab/iort.ts): the
+ * table QEMU builds for this L1's machine layout, read once from an L1 booted
+ * with the plain initrd and cached under a key of L0's QEMU binary and that
+ * layout, CANWBS set; the initrd built with it in front.
+ */
+export async function arm64LabImage(launch: (d: MachineDescription) => Promise<Machine>, image: GuestImage, o: VirtualLabOptions): Promise<Arm64LabImage> {
+  const l1 = { image, ...arm64LabDescription(o, []) };
+  const d = guestDescription(l1);
+  const qemu = findQemu('aarch64');
+  const key = iortLayoutKey(createHash('sha256').update(readFileSync(qemu.path)).digest('hex'), {
+    machine: d.machine,
+    cpu: d.cpu,
+    smp: d.smp,
+    memoryMB: d.memoryMB,
+    devices: d.devices,
+  });
+  let dumpMs = 0;
+  const override = await iortOverride(key, async () => {
+    const t0 = Date.now();
+    const g = await bootGuest(launch, l1, { readyTimeoutMs: 120_000 });
+    try {
+      return await readL1Iort(g.agent);
+    } finally {
+      await g.machine.shutdown();
+      dumpMs = Date.now() - t0;
+    }
+  });
+  return { image: withIortOverride(image, override), override, dumpMs };
+}
