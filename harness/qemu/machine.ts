@@ -305,6 +305,11 @@ export class Machine {
     await Promise.all([...live].map((m) => m.shutdown(opts).catch(() => {})));
   }
 
+  /** The machines still running, in launch order (a copy: `harness run --watch` lists them). */
+  static get running(): readonly Machine[] {
+    return [...live];
+  }
+
   /** The pids of the machines still running. */
   static get livePids(): number[] {
     return [...live].map((m) => m.pid);

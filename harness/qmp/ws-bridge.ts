@@ -11,6 +11,8 @@ export interface BridgeOptions {
   port?: number;
   /** Required from every client; a random one is made when absent. */
   token?: string;
+  /** Only query-* commands (and every event): a watcher may look, not steer. */
+  readOnly?: boolean;
 }
 
 export interface QmpBridge {
@@ -43,28 +45,41 @@ export async function startQmpBridge(conn: QmpConnection, opts: BridgeOptions = 
     wss.once('error', reject);
   });
   const clients = new Set<WebSocket>();
-  const untap = conn.tap((msg, raw) => {
-    if ('event' in msg) for (const ws of clients) ws.send(raw.trimEnd());
-  });
   wss.on('connection', (ws) => {
     clients.add(ws);
     ws.on('close', () => clients.delete(ws));
-    ws.send(JSON.stringify({ QMP: { ...conn.greeting, capabilities: conn.oobEnabled ? ['oob'] : [] } }));
-    ws.on('message', (data) => void answer(conn, ws, String(data)));
+    bridgeClient(conn, ws, { readOnly: opts.readOnly === true });
   });
   const { port } = wss.address() as { port: number };
   return {
     url: `ws://${host.includes(':') ? `[${host}]` : host}:${port}/`,
     token,
     close: async () => {
-      untap();
       for (const ws of clients) ws.terminate();
       await new Promise<void>((r) => wss.close(() => r()));
     },
   };
 }
 
-async function answer(conn: QmpConnection, ws: WebSocket, text: string): Promise<void> {
+/**
+ * One client on the harness's connection: QEMU's greeting, every event, and
+ * answers to its own commands. Also the way in for `harness run --watch`
+ * (harness/report/watch.ts), which owns the HTTP server and its routing.
+ * Stops forwarding when the socket closes.
+ */
+export function bridgeClient(conn: QmpConnection, ws: WebSocket, opts: { readOnly: boolean }): void {
+  const untap = conn.tap((msg, raw) => {
+    if ('event' in msg && ws.readyState === ws.OPEN) ws.send(raw.trimEnd());
+  });
+  ws.on('close', untap);
+  ws.send(JSON.stringify({ QMP: { ...conn.greeting, capabilities: conn.oobEnabled ? ['oob'] : [] } }));
+  ws.on('message', (data) => void answer(conn, ws, String(data), opts.readOnly));
+}
+
+/** What a read-only bridge lets through: QEMU's query-* commands change nothing. */
+export const readOnlyAllows = (command: string): boolean => command.startsWith('query-');
+
+async function answer(conn: QmpConnection, ws: WebSocket, text: string, readOnly: boolean): Promise<void> {
   let msg: Record<string, unknown>;
   try {
     msg = JSON.parse(text) as Record<string, unknown>;
@@ -84,6 +99,10 @@ async function answer(conn: QmpConnection, ws: WebSocket, text: string): Promise
     ws.send(JSON.stringify({ return: {}, ...id }));
     return;
   }
+  if (readOnly && !readOnlyAllows(command)) {
+    ws.send(JSON.stringify({ error: { class: 'GenericError', desc: `QMP bridge: read-only (query-* commands only): ${command} refused` }, ...id }));
+    return;
+  }
   try {
     const ret = await conn.execute(command, msg.arguments as object | undefined, { oob });
     ws.send(JSON.stringify({ return: ret, ...id }));
@@ -97,6 +116,11 @@ function tokenOk(req: IncomingMessage, token: string): boolean {
   const fromQuery = new URL(req.url ?? '/', 'ws://x').searchParams.get('token');
   const auth = req.headers.authorization;
   const given = fromQuery ?? (auth?.startsWith('Bearer ') ? auth.slice(7) : undefined);
+  return sameToken(given, token);
+}
+
+/** Constant-time comparison of a token a client gave with the server's. */
+export function sameToken(given: string | undefined, token: string): boolean {
   if (!given) return false;
   const a = Buffer.from(given);
   const b = Buffer.from(token);

@@ -8,36 +8,21 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import WebSocket from 'ws';
 import { findQemu, qemuVersion } from '../qemu/binary.js';
 import { monitorArgs } from '../qemu/capabilities.js';
 import { Machine } from '../qemu/machine.js';
+import { wsClient } from '../qmp/ws-client.js';
 import { probeQemu } from '../viommu/probe.js';
-import { withDeadline } from '../util/deadline.js';
 import { freeLoopbackPort } from '../util/net.js';
 import type { Reproducer, ReproOptions, ReproOutcome } from './types.js';
 
 /** How long QEMU gets to answer a command (it answers a local QMP socket in milliseconds). */
 const ANSWER_MS = 3000;
 
-/** A ws client that queues every frame, so none is missed between awaits. */
+/** QEMU's websocket chardev wants the "binary" subprotocol and reads binary frames only. */
 async function connect(url: string): Promise<{ next: (ms: number, what: string) => Promise<string>; send: (text: string) => void; close: () => void }> {
-  // QEMU's websocket chardev wants the "binary" subprotocol and reads binary frames only.
-  const ws = new WebSocket(url, 'binary');
-  const queue: string[] = [];
-  const waiters: Array<(s: string) => void> = [];
-  ws.on('message', (d) => {
-    const s = String(d);
-    const w = waiters.shift();
-    if (w) w(s);
-    else queue.push(s);
-  });
-  await withDeadline(new Promise((resolve, reject) => (ws.once('open', resolve), ws.once('error', reject))), 5000, `WebSocket connect to ${url}`);
-  return {
-    next: (ms, what) => withDeadline(queue.length ? Promise.resolve(queue.shift()!) : new Promise<string>((r) => waiters.push(r)), ms, what),
-    send: (text) => ws.send(Buffer.from(text)),
-    close: () => ws.close(),
-  };
+  const c = await wsClient(url, {}, 'binary');
+  return { next: c.next, send: c.sendBinary, close: c.close };
 }
 
 /** Reads frames until `done` says the text so far is complete. */

@@ -1,36 +1,13 @@
 import { skipBecause } from '../../harness/report/skip.js';
 import { expect } from 'chai';
-import WebSocket from 'ws';
 import { startQmpBridge } from '../../harness/qmp/ws-bridge.js';
 import { monitorArgs } from '../../harness/qemu/capabilities.js';
 import type { Machine } from '../../harness/qemu/machine.js';
 import { useMachines } from '../../harness/testing/fixtures.js';
 import { requireQemu } from '../../harness/testing/prereqs.js';
-import { withDeadline } from '../../harness/util/deadline.js';
 import { freeLoopbackPort } from '../../harness/util/net.js';
 import { probeArch } from '../../harness/viommu/probe.js';
-
-/** A ws client that queues every message, so none is missed between awaits. */
-async function wsClient(url: string, opts: WebSocket.ClientOptions = {}, protocols?: string) {
-  const ws = protocols ? new WebSocket(url, protocols, opts) : new WebSocket(url, opts);
-  const queue: string[] = [];
-  const waiters: Array<(s: string) => void> = [];
-  ws.on('message', (d) => {
-    const s = String(d);
-    const w = waiters.shift();
-    if (w) w(s);
-    else queue.push(s);
-  });
-  await withDeadline(new Promise((resolve, reject) => (ws.once('open', resolve), ws.once('error', reject))), 5000, `ws connect ${url}`);
-  return {
-    ws,
-    next: (ms = 5000) => withDeadline(queue.length ? Promise.resolve(queue.shift()!) : new Promise<string>((r) => waiters.push(r)), ms, 'ws message'),
-    send: (o: object) => ws.send(JSON.stringify(o)),
-    /** QEMU's websocket chardev reads binary frames only. */
-    sendBinary: (text: string) => ws.send(Buffer.from(text)),
-    close: () => ws.close(),
-  };
-}
+import { refusedUpgrade, wsClient } from '../support/ws-client.js';
 
 describe('QMP over WebSocket', function () {
   before(async function () {
@@ -70,13 +47,7 @@ describe('QMP over WebSocket', function () {
       const bridge = await startQmpBridge(m.qmp.conn, { token: 'sesame' });
       try {
         for (const url of [bridge.url, `${bridge.url}?token=open`]) {
-          const status = await new Promise<number>((resolve, reject) => {
-            const ws = new WebSocket(url);
-            ws.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
-            ws.once('open', () => reject(new Error(`bridge accepted ${url}`)));
-            ws.once('error', () => {});
-          });
-          expect(status).to.equal(401);
+          expect(await refusedUpgrade(url)).to.equal(401);
         }
         const ok = await wsClient(bridge.url, { headers: { authorization: 'Bearer sesame' } });
         expect(await ok.next()).to.include('"QMP"');

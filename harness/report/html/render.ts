@@ -12,7 +12,7 @@ import { formatHwptFlags } from '../../trace/flags.js';
 import { allRuns, type MachineView, type RunView, type TestView } from './run-folder.js';
 import type { Entry } from './timeline.js';
 
-const esc = (s: unknown): string =>
+export const esc = (s: unknown): string =>
   String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
 
 /** A relative path as a link target: each segment escaped, so spaces and '#' survive. */
