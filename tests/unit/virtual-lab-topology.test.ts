@@ -103,6 +103,9 @@ describe('virtual lab topology', () => {
     expect(arm.append).to.deep.equal([]);
     expect(ARM64_LAB_PLATFORM.defaultVfioUser).to.deep.equal([]);
     expect(ARM64_LAB_PLATFORM.hostProfile).to.equal(join(repoRoot, 'qemu-configs', 'hosts', 'virtual-lab-smmuv3.yaml'));
+    const profile = loadProfile(ARM64_LAB_PLATFORM.hostProfile);
+    expect(profile).to.include({ platform: 'smmuv3', accel: 'kvm' });
+    expect(profile.devices.map((d) => [d.name, d.bdf])).to.deep.equal(ARM64_LAB_PLATFORM.defaultDevices.map((d, i) => [d.name, l1Bdf(i)]));
     // L0's QEMUs are x86 binaries: none reaches the arm64 L1.
     expect(ARM64_LAB_PLATFORM.passedEnv.filter((k) => k.includes('QEMU'))).to.deep.equal([]);
     expect(ARM64_LAB_PLATFORM.l1Env).to.deep.equal({ QEMU_AARCH64: ARM64_ROOT_QEMU, HARNESS_L2_QEMU_AARCH64: ARM64_ROOT_QEMU });
