@@ -16,7 +16,7 @@
 import { readFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import Mocha from 'mocha';
-import HarnessReporter from '../report/mocha-reporter.js';
+import HarnessReporter, { streamResultsTo } from '../report/mocha-reporter.js';
 import type { TestResult } from '../report/junit.js';
 import { NO_QEMU_SKIP, runExitStatus, type RunCounts } from '../report/outcome.js';
 import { loadProfile, profileFromEnv, resolveProfilePath } from '../host/profile.js';
@@ -39,8 +39,9 @@ import {
 import { planJobs, runJobs } from '../testing/jobs.js';
 import { superviseInterrupts } from '../testing/run-interrupts.js';
 import { startRunFiles } from '../report/run-files.js';
+import { startWatch, type WatchServer } from '../report/watch.js';
 import { interruptExitCode, interruption } from '../util/interrupt.js';
-import { artifactsRoot } from '../util/paths.js';
+import { artifactsRoot, runArtifactsDir } from '../util/paths.js';
 import { runTmpDir } from '../util/run-tmp.js';
 import { parseReporter, REPORTER_ENV, REPORTERS } from '../report/output.js';
 import { parseTimeoutMultiplier, scaleMochaTimeouts, TIMEOUT_MULTIPLIER_ENV, timeoutMultiplier } from '../util/timeouts.js';
@@ -69,6 +70,12 @@ export const RUN: CommandSpec = {
     'l2-qemu-aarch64': { type: 'string', value: 'PATH', help: 'the same for aarch64 (sets $HARNESS_L2_QEMU_AARCH64)' },
     reporter: { type: 'string', value: 'NAME', help: `what the run prints as it goes: ${REPORTERS.join(', ')} (spec with GitHub Actions annotations for failures); default spec (sets $HARNESS_REPORTER)` },
     'timeout-multiplier': { type: 'string', value: 'X', help: 'scale every deadline by X (1 to 100): test timeouts, QEMU, QMP, agent and helper waits, in L1 too (sets $HARNESS_TIMEOUT_MULTIPLIER)' },
+    watch: {
+      type: 'boolean',
+      help: "serve the run's report live on 127.0.0.1 while it runs, at a URL with a random token (printed at start): the page reloads as results arrive; <URL>machines lists the running QEMUs, ws <URL>qmp/<pid> attaches to one's QMP (query-* commands and events only)",
+    },
+    'watch-write': { type: 'boolean', help: 'with --watch: the QMP bridge passes every command (stop, quit, device_del...), not only query-*' },
+    'watch-port': { type: 'string', value: 'PORT', help: 'with --watch: this port instead of a free one' },
   },
   epilogue: `exit status (for git bisect run):
   0    every test that ran passed
@@ -161,6 +168,7 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
   const jobsText = str(values, 'jobs');
   const jobs = jobsText === undefined ? 1 : Number(jobsText);
   if (!Number.isInteger(jobs) || jobs < 1) throw new UsageError(`--jobs wants a whole number of at least 1, not ${JSON.stringify(jobsText)}`);
+  const watchPort = watchPortOption(values, list, jobs);
   const soakText = str(values, 'soak');
   if (soakText !== undefined) {
     const n = Number(soakText);
@@ -283,6 +291,7 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
   }
   const { mochaHooks } = await import('../testing/root-hooks.js');
   mocha.rootHooks(mochaHooks);
+  const watch = watchPort === undefined ? undefined : await watchRun(watchPort, values['watch-write'] === true, io);
   const counts: RunCounts = { passed: 0, failed: 0, skipped: 0, noQemuSkips: 0 };
   let supervised = (): void => {};
   await new Promise<void>((resolve) => {
@@ -297,6 +306,7 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
     });
   });
   supervised();
+  await watch?.close();
   const stop = interruption();
   if (stop) {
     io.stderr.write(`harness run: interrupted by ${stop.signal} (exit ${interruptExitCode(stop.signal)})\n`);
@@ -308,4 +318,40 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
     io.stderr.write(`harness run: ${why}\n(exit ${EXIT.untestable}: nothing could be tested; git bisect run skips this commit)\n`);
   }
   return status;
+}
+
+/** --watch's port (0: a free one), or undefined without --watch; its companions alone are a usage error. */
+function watchPortOption(values: Parsed['values'], list: boolean, jobs: number): number | undefined {
+  const portText = str(values, 'watch-port');
+  if (!values.watch) {
+    for (const o of ['watch-write', 'watch-port']) if (values[o] !== undefined) throw new UsageError(`--${o} goes with --watch`);
+    return undefined;
+  }
+  if (list) throw new UsageError('--watch goes with a run, not --list');
+  // The workers' results and QEMUs are in processes of their own, which this server cannot see.
+  if (jobs > 1) throw new UsageError('--watch serves one process: not with --jobs above 1');
+  if (portText === undefined) return 0;
+  const port = Number(portText);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new UsageError(`--watch-port wants a port number from 1 to 65535, not ${JSON.stringify(portText)}`);
+  return port;
+}
+
+/** Starts the live report server on this run's folder; the results stream to it from this process only. */
+async function watchRun(port: number, write: boolean, io: Io): Promise<WatchServer> {
+  const resultsJsonl = join(runArtifactsDir(), 'results.jsonl');
+  let server: WatchServer;
+  try {
+    server = await startWatch({ runDir: runArtifactsDir(), resultsJsonl, port, write });
+  } catch (e) {
+    throw new UsageError(`--watch: cannot serve on 127.0.0.1${port ? `:${port}` : ''}: ${(e as Error).message}`, false);
+  }
+  const unstream = streamResultsTo(resultsJsonl);
+  io.stderr.write(`harness run: watch this run at ${server.url} (QMP ${write ? 'read-write' : 'read-only: query-* commands and events'}; served until the run ends)\n`);
+  return {
+    ...server,
+    close: async () => {
+      unstream();
+      await server.close();
+    },
+  };
 }

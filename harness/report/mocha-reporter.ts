@@ -53,7 +53,7 @@ export default class HarnessReporter extends Mocha.reporters.Base {
       this.results.push(r);
       // One JSON line per result as it finishes: L0 follows L1's (the virtual lab) live, and
       // what was written stays readable after a crash that never reaches the end of the run.
-      if (process.env.HARNESS_RESULTS_JSONL) appendFileSync(process.env.HARNESS_RESULTS_JSONL, `${JSON.stringify(r)}\n`);
+      for (const f of new Set([process.env.HARNESS_RESULTS_JSONL, ...extraStreams])) if (f) appendFileSync(f, `${JSON.stringify(r)}\n`);
     };
     runner.on(Mocha.Runner.constants.EVENT_TEST_PASS, (t: T) => add(t, 'passed'));
     runner.on(Mocha.Runner.constants.EVENT_TEST_FAIL, (t: T, err: Error) => {
@@ -96,6 +96,15 @@ export default class HarnessReporter extends Mocha.reporters.Base {
     // The run's HTML report (and each test's model.json, failure.txt): harness/report/html.
     console.log(reportAtRunEnd(runArtifactsDir(), this.results));
   }
+}
+
+/** Files this process alone streams its results to (set by code, not the environment, so no child inherits them). */
+const extraStreams = new Set<string>();
+
+/** Streams each result, as it finishes, to `path` as one JSON line too (`harness run --watch`); returns the undo. */
+export function streamResultsTo(path: string): () => void {
+  extraStreams.add(path);
+  return () => extraStreams.delete(path);
 }
 
 /** The reporter of the run in progress, for an interrupted run that must write its reports without mocha. */

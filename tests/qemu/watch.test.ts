@@ -1,12 +1,15 @@
-import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
+import { execa } from 'execa';
 import type { TestResult } from '../../harness/report/junit.js';
 import { startWatch, type RunningMachine, type WatchServer } from '../../harness/report/watch.js';
 import type { Machine } from '../../harness/qemu/machine.js';
 import { useMachines } from '../../harness/testing/fixtures.js';
 import { requireQemu } from '../../harness/testing/prereqs.js';
-import { withDeadline } from '../../harness/util/deadline.js';
+import { sleep, withDeadline } from '../../harness/util/deadline.js';
+import { repoRoot } from '../../harness/util/paths.js';
 import type { WsClient } from '../../harness/qmp/ws-client.js';
 import { refusedUpgrade, wsClient } from '../support/ws-client.js';
 
@@ -124,5 +127,113 @@ describe('harness run --watch: the live report server', function () {
     expect((await m.waitExit(10_000)).code).to.equal(0);
     expect(await (await get(`http://${base(w)}/machines`)).json()).to.deep.equal([]);
     q.close();
+  });
+});
+
+describe('harness run --watch (the command)', function () {
+  this.timeout(120_000);
+  before(async function () {
+    await requireQemu(this, 'x86_64');
+  });
+  const root = mkdtempSync(join(tmpdir(), 'harness-watch-'));
+  after(() => rmSync(root, { recursive: true, force: true }));
+  // The child must stream to its own run folder only: none of this run's report variables.
+  const { HARNESS_JUNIT: _j, HARNESS_RESULTS_JSONL: _l, HARNESS_RESULTS_JSON: _r, ...baseEnv } = process.env;
+  const run = (args: string[]) =>
+    execa('node', [join(repoRoot, 'dist', 'harness', 'cli.js'), 'run', ...args], {
+      reject: false,
+      extendEnv: false,
+      env: { ...baseEnv, HARNESS_ARTIFACTS: join(root, 'artifacts') },
+    });
+
+  it('--watch-write or --watch-port without --watch, a bad port, --watch with --list or --jobs 2: exit 128 naming the problem', async () => {
+    const cases: Array<[string[], string]> = [
+      [['--watch-write'], '--watch-write goes with --watch'],
+      [['--watch-port', '8080'], '--watch-port goes with --watch'],
+      [['--watch', '--watch-port', '70000'], '--watch-port wants a port number from 1 to 65535, not "70000"'],
+      [['--watch', '--list'], '--watch goes with a run, not --list'],
+      [['--watch', '--jobs', '2'], '--watch serves one process: not with --jobs above 1'],
+    ];
+    for (const [args, message] of cases) {
+      const r = await run(args);
+      expect(r.exitCode, args.join(' ')).to.equal(128);
+      expect(String(r.stderr), args.join(' ')).to.include(`harness run: ${message}`);
+    }
+  });
+
+  it('serves the running run: the URL printed, the finished test on the page, the running test\'s QEMU listed and its QMP answering, "ended" at the end', async () => {
+    const held = join(root, 'held');
+    const go = join(root, 'go');
+    const spec = join(root, 'watched.test.mjs');
+    writeFileSync(
+      spec,
+      `import { existsSync, writeFileSync } from 'node:fs';
+import { useMachines } from ${JSON.stringify(join(repoRoot, 'dist', 'harness', 'testing', 'fixtures.js'))};
+describe('watched', () => {
+  const machines = useMachines();
+  it('finishes first', () => {});
+  it('holds a QEMU until told', async function () {
+    this.timeout(60_000);
+    const m = await machines.launch({ arch: 'x86_64', machine: { type: 'none' }, paused: true });
+    writeFileSync(${JSON.stringify(held)}, String(m.pid));
+    const end = Date.now() + 50_000;
+    while (!existsSync(${JSON.stringify(go)})) {
+      if (Date.now() > end) throw new Error('never told to go on');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  });
+});
+`,
+    );
+    const p = run(['--watch', '--spec', spec]);
+    let stderr = '';
+    p.stderr!.on('data', (d) => (stderr += String(d)));
+    try {
+      const url = await withDeadline(
+        (async () => {
+          let m: RegExpExecArray | null;
+          while (!(m = /watch this run at (http:\/\/127\.0\.0\.1:\d+\/[\w-]+\/) \(QMP read-only/.exec(stderr))) await sleep(50);
+          return m[1]!;
+        })(),
+        30_000,
+        'harness run to print the watch URL',
+        () => stderr,
+      );
+      await withDeadline(
+        (async () => {
+          while (!existsSync(held)) await sleep(50);
+        })(),
+        30_000,
+        'the held test to launch its QEMU',
+      );
+      const pid = Number(readFileSync(held, 'utf8'));
+      const live = await wsClient(`${url.replace(/^http/, 'ws')}live`);
+      // The server reads the results file every 500 ms: the first result shows in "hello" or in the "updated" after it.
+      const seen = await until(live, (ms) => ms.some((x) => x.summary === '1 passed, 0 failed, 0 skipped'));
+      expect(seen[0]).to.have.property('type', 'hello');
+      expect(seen.at(-1)).to.have.property('type', seen.length > 1 ? 'updated' : 'hello');
+      expect(await (await get(url)).text()).to.include('finishes first');
+      const listed = (await (await get(`${url}machines`)).json()) as RunningMachine[];
+      expect(listed).to.have.length(1);
+      expect(listed[0]).to.include({ name: 'none', pid, test: join('watched', 'holds-a-qemu-until-told') });
+      const q = await wsClient(`${url.replace(/^http/, 'ws')}qmp/${pid}`);
+      expect(await q.next()).to.include('"QMP"');
+      q.send({ execute: 'query-status', id: 1 });
+      expect(JSON.parse(await q.next())).to.deep.equal({ return: { status: 'prelaunch', running: false }, id: 1 });
+      q.send({ execute: 'quit', id: 2 });
+      expect(JSON.parse(await q.next()))
+        .to.have.nested.property('error.desc')
+        .that.includes('read-only');
+      writeFileSync(go, '');
+      // The run's end: every result in, then the sockets closed.
+      const ended = JSON.parse(await live.next(30_000));
+      expect(ended).to.deep.equal({ type: 'ended', summary: '2 passed, 0 failed, 0 skipped' });
+      const r = await withDeadline(p, 30_000, 'harness run to exit after its run');
+      expect(r.exitCode, stderr).to.equal(0);
+    } finally {
+      writeFileSync(go, '');
+      p.kill('SIGKILL');
+      await p;
+    }
   });
 });
