@@ -90,9 +90,12 @@ export async function startWatch(opts: WatchOptions): Promise<WatchServer> {
       // readRun prefers results.json (the run's end) and falls back to the streamed lines beside it.
       const run = readRun(runDir, runDir, {}, opts.resultsJsonl.replace(/\.jsonl$/, '.json'));
       joinOracles(run, runDir);
-      return renderReport(run, `viommu-harness run ${basename(runDir)} (live)`).replace(/<\/body>/, `${LIVE_SCRIPT}</body>`);
+      // No favicon: the browser would ask /favicon.ico, without the token (a 403 in its console).
+      return renderReport(run, `viommu-harness run ${basename(runDir)} (live)`)
+        .replace('</head>', '<link rel="icon" href="data:,"></head>')
+        .replace(/<\/body>/, `${LIVE_SCRIPT}</body>`);
     } catch (e) {
-      return `<!doctype html><meta charset="utf-8"><title>report not built</title><pre>the report could not be built yet: ${esc((e as Error).message)}</pre>${LIVE_SCRIPT}`;
+      return `<!doctype html><meta charset="utf-8"><title>report not built</title><link rel="icon" href="data:,"><pre>the report could not be built yet: ${esc((e as Error).message)}</pre>${LIVE_SCRIPT}`;
     }
   };
   const broadcast = (msg: object): void => {

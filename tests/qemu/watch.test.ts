@@ -11,6 +11,7 @@ import { requireQemu } from '../../harness/testing/prereqs.js';
 import { sleep, withDeadline } from '../../harness/util/deadline.js';
 import { repoRoot } from '../../harness/util/paths.js';
 import type { WsClient } from '../../harness/qmp/ws-client.js';
+import { launchChromium, requireChromium, type Browser } from '../support/chromium.js';
 import { refusedUpgrade, wsClient } from '../support/ws-client.js';
 
 /** Messages until `done` says enough (events QEMU adds in between are kept, not lost), at most 20. */
@@ -235,5 +236,45 @@ describe('watched', () => {
       p.kill('SIGKILL');
       await p;
     }
+  });
+});
+
+describe('harness run --watch: the served page in a browser (headless Chromium)', function () {
+  this.timeout(60_000);
+  let browser: Browser | undefined;
+  let watch: WatchServer | undefined;
+  const root = mkdtempSync(join(tmpdir(), 'harness-watch-page-'));
+  before(function () {
+    requireChromium(this);
+  });
+  after(async () => {
+    await watch?.close();
+    await browser?.close();
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  it('reloads itself when a result arrives, and says when the run ended; no script error, nothing fetched but the server', async () => {
+    mkdirSync(join(root, 'tests'), { recursive: true });
+    const jsonl = join(root, 'results.jsonl');
+    writeFileSync(jsonl, '');
+    watch = await startWatch({ runDir: root, resultsJsonl: jsonl, debounceMs: 100, pollMs: 100 });
+    browser = await launchChromium();
+    const { page } = browser;
+    await page.goto(watch.url, { timeout: 20_000 });
+    const badge = page.locator('#harness-live');
+    await page.waitForFunction(() => document.getElementById('harness-live')?.textContent === 'live: 0 passed, 0 failed, 0 skipped', undefined, {
+      timeout: 10_000,
+    });
+    const result: TestResult = { suite: 'watched', title: 'appeared while the page was open', state: 'failed', durationMs: 5, error: 'Error: on purpose' };
+    appendFileSync(jsonl, `${JSON.stringify(result)}\n`);
+    // Only a reload brings the new test's block: the page itself is static.
+    await page.locator('details.test', { hasText: 'appeared while the page was open' }).waitFor({ timeout: 10_000 });
+    expect(await page.locator('p.counts').first().innerText()).to.match(/^0 passed\s*1 failed\s*0 skipped$/);
+    await watch.close();
+    watch = undefined;
+    await page.waitForFunction(() => document.getElementById('harness-live')?.textContent?.startsWith('run ended: '), undefined, { timeout: 10_000 });
+    expect(await badge.textContent()).to.equal('run ended: 0 passed, 1 failed, 0 skipped');
+    expect(browser.errors, JSON.stringify(browser.requests)).to.deep.equal([]);
+    expect(browser.requests.filter((u) => !u.startsWith('http://127.0.0.1:') && !u.startsWith('ws://127.0.0.1:'))).to.deep.equal([]);
   });
 });

@@ -1,10 +1,9 @@
 // The run report from a real run folder (tests/fixtures/report/README.md): what it reads, what it
 // writes into the folder, the JUnit extras, and what a person sees in a real headless Chromium.
 import { expect } from 'chai';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, existsSync, mkdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import type { Page } from 'playwright-core';
 import { buildRunReport, type BuildOptions } from '../../harness/report/html/index.js';
 import { hostDevices, parseCmdline, shellWords, viommuOf } from '../../harness/report/html/cmdline.js';
 import { junitTestcaseExtras, withJunitBase } from '../../harness/report/html/junit-extras.js';
@@ -18,9 +17,9 @@ import { REPORT, reportCommand } from '../../harness/cli/report.js';
 import { helpText } from '../../harness/cli/options.js';
 import { PassThrough } from 'node:stream';
 import type { WithArtifacts } from '../../harness/report/mocha-reporter.js';
-import { skipBecause } from '../../harness/report/skip.js';
 import { testArtifactsDir } from '../../harness/testing/fixtures.js';
 import { repoRoot } from '../../harness/util/paths.js';
+import { launchChromium, requireChromium, type Browser } from '../support/chromium.js';
 
 const RUN = '20261202-062227-30695';
 const FIXTURE = join(repoRoot, 'tests', 'fixtures', 'report', RUN);
@@ -30,7 +29,6 @@ const REALIZE = join(L1_TESTS, 'realize-errors-triggered-on-a-real-iommu', 'vfio
 const NEST_PARENT = join(L1_TESTS, 'pasid-hwpt-flags-for-a-pasid-capable-device', 'intel-iommu-fsts-on-without-pasid-bits-pasid-device-nest-parent-no-pasi-264201d3');
 // 11.1.3's own formats, verbatim (tests/fixtures/trace): no reference QEMU needed.
 const OPTS: BuildOptions = { traceEvents: () => join(repoRoot, 'tests', 'fixtures', 'trace', 'trace-events-11.1.3-excerpt') };
-const CHROMIUM = '/usr/bin/chromium';
 
 /** A copy of the fixture run in `dir` (the report writes into the folder it reads). */
 function copyRun(dir: string): string {
@@ -201,40 +199,27 @@ describe('harness report', function () {
 });
 
 describe('HTML run report: what a person sees (headless Chromium)', function () {
-  let ctx: BrowserContext | undefined;
+  let browser: Browser | undefined;
   let page: Page;
   let dir: string;
   let shots: string;
-  let profile: string | undefined;
-  const requests: string[] = [];
-  const errors: string[] = [];
+  let requests: string[] = [];
+  let errors: string[] = [];
 
   before(async function () {
-    if (!existsSync(CHROMIUM)) skipBecause(this, `no ${CHROMIUM} (Debian's chromium package, in scripts/bootstrap-tools.txt)`);
+    requireChromium(this);
     dir = testArtifactsDir(this.test!.parent! as unknown as Mocha.Runnable);
     const run = copyRun(dir);
     shots = join(dir, 'screenshots');
     mkdirSync(shots, { recursive: true });
     const { path } = buildRunReport(run, OPTS);
-    // A fresh profile each run, outside the artifacts.
-    profile = mkdtempSync(join(tmpdir(), 'harness-chromium-'));
-    ctx = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-      viewport: { width: 1400, height: 1000 },
-      timeout: 30_000,
-    });
-    page = ctx.pages()[0] ?? (await ctx.newPage());
-    page.on('request', (r) => requests.push(r.url()));
-    page.on('pageerror', (e) => errors.push(e.message));
-    page.on('console', (m) => m.type() === 'error' && errors.push(m.text()));
+    browser = await launchChromium();
+    ({ page, requests, errors } = browser);
     await page.goto(`file://${path}`, { timeout: 20_000 });
   });
 
   after(async function () {
-    await ctx?.close();
-    if (profile) rmSync(profile, { recursive: true, force: true });
+    await browser?.close();
   });
 
   it('opens from disk: nothing fetched but the page itself, no script error', function () {
