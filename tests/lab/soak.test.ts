@@ -25,7 +25,21 @@ describe(SOAK_SUITE, function () {
     const m = await lab.launchL2(spec);
     const bus = spareRootPort(spec);
     const window = new TraceWindow(m.traceFile!, await formatsFor(m.binary.traceEventsAll));
-    const samples: SoakSample[] = [];
+    // Every sample made before the first cycle and filled in place: the soak's own records must not
+    // read as the harness growing (appended, they would grow the heap with the cycles).
+    const kprobes = lab.host.kprobes !== undefined;
+    const samples: SoakSample[] = Array.from({ length: cycles }, (_, i) => ({
+      cycle: i + 1,
+      liveIds: 0,
+      ...(kprobes ? { kernelRecords: 0 } : {}),
+      qemuFds: 0,
+      qemuRssKiB: 0,
+      harnessFds: 0,
+      harnessRssKiB: 0,
+      harnessHeapKiB: 0,
+      traceLines: 0,
+      ms: 0,
+    }));
     for (let i = 1; i <= cycles; i++) {
       const t0 = Date.now();
       await m.qmp.deviceAdd(vfioPciDevice({ bdf: dev.bdf, id: `soak${i}` }, bus) as never);
@@ -34,21 +48,18 @@ describe(SOAK_SUITE, function () {
       // This cycle's trace lines and kernel answers only, then dropped: a soak must not keep every cycle's.
       const kernel = lab.kernel();
       const model = window.next(kernel);
-      const kernelRecords = lab.host.kprobes ? kernel.length : undefined;
       lab.host.kprobes?.clear();
       collectGarbage();
-      samples.push({
-        cycle: i,
-        liveIds: model.liveObjects().length,
-        ...(kernelRecords === undefined ? {} : { kernelRecords }),
-        qemuFds: fdsOf(m.pid),
-        qemuRssKiB: rssKiB(m.pid),
-        harnessFds: fdsOf('self'),
-        harnessRssKiB: rssKiB('self'),
-        harnessHeapKiB: Math.round(process.memoryUsage().heapUsed / 1024),
-        traceLines: window.lines,
-        ms,
-      });
+      const x = samples[i - 1]!;
+      x.liveIds = model.liveObjects().length;
+      if (kprobes) x.kernelRecords = kernel.length;
+      x.qemuFds = fdsOf(m.pid);
+      x.qemuRssKiB = rssKiB(m.pid);
+      x.harnessFds = fdsOf('self');
+      x.harnessRssKiB = rssKiB('self');
+      x.harnessHeapKiB = Math.round(process.memoryUsage().heapUsed / 1024);
+      x.traceLines = window.lines;
+      x.ms = ms;
     }
     const f = soakFigures(samples);
     console.log(formatSoakFigures(f).replace(/^/gm, '      '));
