@@ -67,10 +67,26 @@ export interface RunningMachine {
 
 const TYPES: Record<string, string> = { '.html': 'text/html; charset=utf-8', '.json': 'application/json', '.png': 'image/png', '.xml': 'application/xml' };
 
-/** Reloads the served page on "updated"; never part of the report on disk. */
+/**
+ * Reloads the served page on "updated", keeping what the person watching had
+ * set (the tests opened or closed, the filter, minor lines, the scroll);
+ * never part of the report on disk.
+ */
 const LIVE_SCRIPT = `<div id="harness-live" style="position:fixed;bottom:0;right:0;padding:.3em .6em;background:#333;color:#fff;font:12px monospace">live</div>
-<script>(()=>{const s=document.getElementById('harness-live');const u=new URL('live',location.href);u.protocol=u.protocol==='https:'?'wss:':'ws:';const ws=new WebSocket(u);
-ws.onmessage=(e)=>{const m=JSON.parse(e.data);s.textContent=(m.type==='ended'?'run ended: ':'live: ')+m.summary;if(m.type==='updated')location.reload();};
+<script>(()=>{
+const K='harness-live-state',s=document.getElementById('harness-live'),f=document.getElementById('filter'),mi=document.getElementById('minor');
+const all=()=>[...document.querySelectorAll('details[id]')];
+const st=JSON.parse(sessionStorage.getItem(K)||'null');
+if(st){sessionStorage.removeItem(K);
+  // A test seen before keeps its state; a new one opens as the report opens it (failures open).
+  const known=new Set(st.known),open=new Set(st.open);
+  for(const d of all())if(known.has(d.id))d.open=open.has(d.id);
+  if(f&&st.filter){f.value=st.filter;f.dispatchEvent(new Event('input'));}
+  if(mi&&st.minor){mi.checked=true;mi.dispatchEvent(new Event('change'));}
+  scrollTo(0,st.y);}
+const save=()=>sessionStorage.setItem(K,JSON.stringify({known:all().map((d)=>d.id),open:all().filter((d)=>d.open).map((d)=>d.id),filter:f?f.value:'',minor:!!(mi&&mi.checked),y:scrollY}));
+const u=new URL('live',location.href);u.protocol=u.protocol==='https:'?'wss:':'ws:';const ws=new WebSocket(u);
+ws.onmessage=(e)=>{const m=JSON.parse(e.data);s.textContent=(m.type==='ended'?'run ended: ':'live: ')+m.summary;if(m.type==='updated'){save();location.reload();}};
 ws.onclose=()=>{if(!s.textContent.startsWith('run ended'))s.textContent+=' (disconnected)';};})();</script>`;
 
 /** The last line of the run's summary: "N passed, N failed, N skipped". */

@@ -265,15 +265,26 @@ describe('harness run --watch: the served page in a browser (headless Chromium)'
     await page.waitForFunction(() => document.getElementById('harness-live')?.textContent === 'live: 0 passed, 0 failed, 0 skipped', undefined, {
       timeout: 10_000,
     });
-    const result: TestResult = { suite: 'watched', title: 'appeared while the page was open', state: 'failed', durationMs: 5, error: 'Error: on purpose' };
-    appendFileSync(jsonl, `${JSON.stringify(result)}\n`);
+    const add = (r: TestResult) => appendFileSync(jsonl, `${JSON.stringify(r)}\n`);
+    add({ suite: 'watched', title: 'the first to finish', state: 'passed', durationMs: 5 });
     // Only a reload brings the new test's block: the page itself is static.
-    await page.locator('details.test', { hasText: 'appeared while the page was open' }).waitFor({ timeout: 10_000 });
-    expect(await page.locator('p.counts').first().innerText()).to.match(/^0 passed\s*1 failed\s*0 skipped$/);
+    const first = page.locator('details.test', { hasText: 'the first to finish' });
+    await first.waitFor({ timeout: 10_000 });
+    expect(await first.evaluate((d) => (d as HTMLDetailsElement).open), 'a passed test starts closed').to.equal(false);
+    await first.locator('summary').click();
+    await page.fill('#filter', 'the');
+    add({ suite: 'watched', title: 'the second, failed', state: 'failed', durationMs: 5, error: 'Error: on purpose' });
+    const second = page.locator('details.test', { hasText: 'the second, failed' });
+    await second.waitFor({ timeout: 10_000 });
+    expect(await page.locator('p.counts').first().innerText()).to.match(/^1 passed\s*1 failed\s*0 skipped$/);
+    // What the person had set survives the reload; the new failure opens as the report opens failures.
+    expect(await first.evaluate((d) => (d as HTMLDetailsElement).open), 'the test opened before the reload').to.equal(true);
+    expect(await second.evaluate((d) => (d as HTMLDetailsElement).open), 'a new failure').to.equal(true);
+    expect(await page.inputValue('#filter')).to.equal('the');
     await watch.close();
     watch = undefined;
     await page.waitForFunction(() => document.getElementById('harness-live')?.textContent?.startsWith('run ended: '), undefined, { timeout: 10_000 });
-    expect(await badge.textContent()).to.equal('run ended: 0 passed, 1 failed, 0 skipped');
+    expect(await badge.textContent()).to.equal('run ended: 1 passed, 1 failed, 0 skipped');
     expect(browser.errors, JSON.stringify(browser.requests)).to.deep.equal([]);
     expect(browser.requests.filter((u) => !u.startsWith('http://127.0.0.1:') && !u.startsWith('ws://127.0.0.1:'))).to.deep.equal([]);
   });
