@@ -27,7 +27,11 @@ function find(dir: string, re: RegExp): string | undefined {
 
 describe('a harness run SIGKILLed while L1 runs', function () {
   this.timeout(15 * 60_000);
-  const root = mkdtempSync(join(tmpdir(), 'hk-'));
+  // Made in a hook: describe bodies also run where this file is only loaded (the child's --list of the suites).
+  let root = '';
+  before(() => {
+    root = mkdtempSync(join(tmpdir(), 'hk-'));
+  });
   after(() => rmSync(root, { recursive: true, force: true }));
 
   it('leaves no process; its one temp folder is swept by the next run', async function () {
