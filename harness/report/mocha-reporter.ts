@@ -34,6 +34,15 @@ export default class HarnessReporter extends Mocha.reporters.Base {
 
   constructor(runner: Mocha.Runner, options?: Mocha.MochaOptions) {
     super(runner, options);
+    // Plain lines for CI logs and files (issue 11): colours only on a terminal, never with
+    // CI or NO_COLOR set; MOCHA_COLORS or FORCE_COLOR ask for them anyway.
+    const env = process.env;
+    Mocha.reporters.Base.useColors =
+      env.MOCHA_COLORS !== undefined ||
+      (env.FORCE_COLOR !== undefined && env.FORCE_COLOR !== '0') ||
+      (Boolean(process.stdout.isTTY) && !env.CI && env.NO_COLOR === undefined);
+    // mocha's ✔/✖ come pre-coloured from log-symbols whatever useColors says: plain ones then.
+    if (!Mocha.reporters.Base.useColors) Object.assign(Mocha.reporters.Base.symbols, { ok: '✔', err: '✖' });
     // First, so its epilogue prints before this run's summary (both on EVENT_RUN_END).
     createOutput(reporterFromEnv(), runner, options);
     const failedHooks = hookFailures.get(runner) ?? new Map<Mocha.Suite, string>();
