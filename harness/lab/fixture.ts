@@ -78,7 +78,11 @@ export class LabFixture {
     // 2 MiB at a time (in the virtual lab, one vfio-user DMA_MAP instead of 512).
     const probe = await probeL2(spec.config.arch);
     const { desc } = withHugepageRam(l2Description(spec, probe));
-    if (spec.config.requires?.includes('kvm')) desc.accel = 'kvm';
+    if (spec.config.requires?.includes('kvm')) {
+      desc.accel = 'kvm';
+      // KVM runs the host's own CPU model (virt's default, cortex-a15, is 32-bit).
+      if (desc.arch === 'aarch64') desc.cpu = 'host';
+    }
     return this.machines.launch(desc, { name, binary: probe.binary });
   }
 

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { DeviceSpec, MachineDescription } from '../qemu/argv.js';
 import type { Machine } from '../qemu/machine.js';
@@ -67,6 +68,19 @@ export interface L2Spec {
   extraDevices?: DeviceSpec[];
 }
 
+/**
+ * An aarch64 L2's UEFI firmware: $HARNESS_L2_AARCH64_FIRMWARE, else Debian's
+ * qemu-efi-aarch64 (the arm64 root has it). arm-smmuv3 accel=on refuses a
+ * device-tree boot ("SMMUv3 with accel=on not supported for DT"): QEMU
+ * builds ACPI tables only for a firmware boot.
+ */
+export const L2_AARCH64_FIRMWARE_VAR = 'HARNESS_L2_AARCH64_FIRMWARE';
+export function l2Firmware(env: NodeJS.ProcessEnv = process.env): string {
+  const path = env[L2_AARCH64_FIRMWARE_VAR] ?? '/usr/share/qemu-efi-aarch64/QEMU_EFI.fd';
+  if (!existsSync(path)) throw new Error(`aarch64 L2 firmware ${path} does not exist (set $${L2_AARCH64_FIRMWARE_VAR}, or install qemu-efi-aarch64)`);
+  return path;
+}
+
 export function l2Description(spec: L2Spec, probe: QemuProbe): MachineDescription {
   const devices = spec.devices ?? [];
   const ports = rootPorts(devices.length + (spec.spareRootPorts ?? 1));
@@ -80,6 +94,7 @@ export function l2Description(spec: L2Spec, probe: QemuProbe): MachineDescriptio
     devices: [...ports, ...devices.map((d, i) => vfioPciDevice(d, d.bus ?? `rp${i}`)), ...(spec.extraDevices ?? [])],
     trace: L2_TRACE_EVENTS,
     timestamps: true,
+    ...(spec.config.arch === 'aarch64' ? { extraArgs: ['-bios', l2Firmware()] } : {}),
   });
 }
 

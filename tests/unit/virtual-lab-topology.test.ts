@@ -119,7 +119,7 @@ describe('virtual lab topology', () => {
         launched = d;
         throw new Error('stop here');
       },
-      { platform: ARM64_LAB_PLATFORM, image: { arch: 'aarch64', kernel: '/nonexistent/Image', initrd: '/nonexistent/initrd', root: { dir: '/nonexistent/root' } } as never, resultsDir: join(runTmpDir(), 'arm64-lab-unit') },
+      { platform: ARM64_LAB_PLATFORM, image: { arch: 'aarch64', kernel: '/nonexistent/Image', initrd: '/nonexistent/initrd', root: { path: '/nonexistent/root', uefi: '/nonexistent/QEMU_EFI.fd' } } as never, resultsDir: join(runTmpDir(), 'arm64-lab-unit') },
     ).catch((e: unknown) => e);
     expect((err as Error).message).to.equal('stop here');
     expect(launched!.arch).to.equal('aarch64');

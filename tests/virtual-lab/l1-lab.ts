@@ -36,6 +36,8 @@ export interface L1LabSpec {
   options?(machines: MachineFixture): Partial<VirtualLabOptions>;
   /** Tests of the booted L1 itself, before L1's own tests. */
   tests?(lab: () => VirtualLab): void;
+  /** Tests of L1's finished run (its results, their artifacts on L0), after L1's own tests. */
+  testsAfterRun?(lab: () => VirtualLab, run: () => Promise<SuiteRun>): void;
 }
 
 /**
@@ -130,5 +132,13 @@ export function describeL1Lab(spec: L1LabSpec): void {
         "results L0's list of L1's tests did not have",
       ).to.deep.equal([]);
     });
+
+    spec.testsAfterRun?.(
+      () => lab!,
+      () => {
+        if (!run) throw new Error("L1's suites did not run");
+        return run;
+      },
+    );
   });
 }
