@@ -16,6 +16,7 @@ import { HWPT_ALLOC_FLAGS } from '../../harness/trace/flags.js';
 import { expectHwpt } from '../../harness/trace/oracle.js';
 import { nativeToolPath } from '../../harness/util/native-tools.js';
 import { shellQuote } from '../../harness/util/shell.js';
+import { cacheDir, repoRoot } from '../../harness/util/paths.js';
 import { loadConfig } from '../../harness/viommu/configs.js';
 import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
 import { describeL1Lab } from './l1-lab.js';
@@ -91,6 +92,33 @@ describeL1Lab({
           .map((h) => `flags=0x${h.flags.toString(16)} ${h.outcome}`)
           .join(', ')}; vIOMMU ${v.id} type ${v.type} on HWPT ${v.hwptId}; on the vIOMMU: ${mine.filter((h) => h.ptId === v.id).length} HWPTs`,
       );
+    });
+
+    it('harness repro smmuv3-accel-default-nic in L1 (KVM): QEMU still aborts for its default NIC, where -nic none comes up and an explicit e1000e is refused', async () => {
+      await run().catch(() => {});
+      const g = lab().guest;
+      const env = Object.entries({
+        ...ARM64_LAB_PLATFORM.l1Env,
+        HARNESS_CACHE_DIR: cacheDir(),
+        HARNESS_ARTIFACTS: `${ARM64_LAB_PLATFORM.resultsMount}/repro`,
+        PATH: '/usr/bin:/bin:/usr/sbin:/sbin',
+      })
+        .map(([k, v]) => shellQuote(`${k}=${v}`))
+        .join(' ');
+      const r = await g.agent.run(`cd ${shellQuote(repoRoot)} && env -i ${env} node dist/harness/cli.js repro smmuv3-accel-default-nic --arch aarch64 --json`, {
+        timeoutMs: 120_000,
+      });
+      const out = JSON.parse(r.stdout) as { present: boolean; qemu: { version: string }; steps: string[]; seen: string; control: string };
+      console.log(`      ${out.qemu.version}: ${out.steps.join('; ')}`);
+      expect(out.steps[1], 'control: -nic none').to.equal('the same with -nic none: alive');
+      expect(out.control, 'control: an explicit e1000e')
+        .to.include('exit 1, ')
+        .and.include('Emulated endpoint devices are not allowed when using arm-smmuv3,accel=on');
+      expect(
+        out.present,
+        `QEMU ${out.qemu.version} no longer aborts for the default NIC (${out.seen}): the defect is fixed there; update facts §12 and this test`,
+      ).to.equal(true);
+      expect(r.status, r.stderr).to.equal(0);
     });
   },
 });
