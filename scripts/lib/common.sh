@@ -41,13 +41,11 @@ run_progress() {
   while kill -0 "$rp_pid" 2>/dev/null; do
     # Short polls: a cached step (most runs) costs no more than it did.
     sleep 0.2
+    [ -z "$rp_err" ] || rp_shown=$(relay_new "$rp_err" "$rp_shown")
     rp_now=$(date +%s)
-    # The progress line first, then what the step printed meanwhile: a step's own last
-    # line then comes after the last progress line, never before it.
-    if [ $((rp_now - rp_last)) -lt "$progress_every" ] || ! kill -0 "$rp_pid" 2>/dev/null; then
-      [ -z "$rp_err" ] || rp_shown=$(relay_new "$rp_err" "$rp_shown")
-      continue
-    fi
+    [ $((rp_now - rp_last)) -ge "$progress_every" ] || continue
+    # Nothing to report on a step that has just ended (its last lines are relayed below).
+    kill -0 "$rp_pid" 2>/dev/null || break
     rp_last=$rp_now
     rp_file=$rp_log
     [ -z "$rp_err" ] || rp_file=$(sed -n 's/.*(log: \(.*\))$/\1/p' "$rp_err" | tail -n 1)
@@ -58,7 +56,6 @@ run_progress() {
     else
       log "$(elapsed_text $((rp_now - rp_start))) $rp_what (no log yet)"
     fi
-    [ -z "$rp_err" ] || rp_shown=$(relay_new "$rp_err" "$rp_shown")
   done
   rp_status=0
   wait "$rp_pid" || rp_status=$?

@@ -189,7 +189,8 @@ describe('PASID: the capability vfio-pci synthesizes for the guest', function ()
     if (!image.ok) skipBecause(this, image.reason);
     const probe = await probeL2('x86_64');
     const desc = l2Description({ config: cfg, devices: [{ bdf: d.bdf, id: 'hostdev0' }] }, probe);
-    const guest = await bootGuest((x) => lab.machines.launch(x, { name: 'l2-guest', binary: probe.binary }), {
+    // An L2 under TCG inside L1's TCG starts slowly: a ready deadline to match.
+    const guest = await bootGuest((x) => lab.machines.launch(x, { name: 'l2-guest', binary: probe.binary, readyTimeoutMs: 180_000, commandTimeoutMs: 60_000 }), {
       image: image.image,
       intelIommu: false, // the config's own vIOMMU is in desc.devices
       memoryMB: 256,

@@ -18,7 +18,7 @@ describe(SOAK_SUITE, function () {
   this.timeout(120_000 + cycles * 15_000);
   const lab = useLabHost();
 
-  it("device_add/device_del cycles leave no iommufd id and no fd, QEMU's or the harness's, and the harness's RSS grows < 1 KiB per cycle after the warm-up", async function () {
+  it("device_add/device_del cycles leave no iommufd id and no fd, QEMU's or the harness's, and the harness's heap (RSS too, over the issue's 500 cycles) grows < 1 KiB per cycle after the warm-up", async function () {
     const dev = lab.host.device(this, 'no-pasid');
     const spec: L2Spec = { config: loadConfig('no-viommu-q35'), spareRootPorts: 1 };
     lab.requireConfig(this, spec.config);
@@ -68,6 +68,10 @@ describe(SOAK_SUITE, function () {
     expect(f.qemuFdsLeaked, 'QEMU fds gained since cycle 1').to.equal(0);
     expect(f.harnessFdsLeaked, 'harness fds gained since cycle 1').to.equal(0);
     expect(f.traceLinesPerCycle, 'trace lines per cycle (each cycle must be traced)').to.be.greaterThan(0);
-    expect(f.harnessRssSlopeKiB, `harness RSS growth after ${f.warmup} warm-up cycles, KiB per cycle (least squares)`).to.be.below(1);
+    expect(f.harnessHeapSlopeKiB, `harness heap growth (after GC) past ${f.warmup} warm-up cycles, KiB per cycle (least squares)`).to.be.below(1);
+    // RSS moves in 4 KiB pages and with V8's own arenas: over a short run its slope is noise
+    // (1.15 KiB/cycle one time, 0.57 another, for the same code). The issue's bound is for 500
+    // cycles (`npm run soak`), where it is asserted; it fails there today (1.09 KiB/cycle).
+    if (cycles >= 500) expect(f.harnessRssSlopeKiB, `harness RSS growth after ${f.warmup} warm-up cycles, KiB per cycle (least squares)`).to.be.below(1);
   });
 });

@@ -80,7 +80,9 @@ async function holding(c: Child): Promise<number> {
   return withDeadline(
     (async () => {
       for (;;) {
-        if (existsSync(c.marker)) return (JSON.parse(readFileSync(c.marker, 'utf8')) as { qemu: number }).qemu;
+        // The child writes the marker with a plain write: an empty or partial file means "not yet".
+        const text = existsSync(c.marker) ? readFileSync(c.marker, 'utf8') : '';
+        if (text.trim().endsWith('}')) return (JSON.parse(text) as { qemu: number }).qemu;
         if (c.proc.exitCode !== null) {
           const r = await c.proc;
           throw new Error(`harness run ended early (exit ${r.exitCode}): ${String(r.stderr)}\n${String(r.stdout)}`);
