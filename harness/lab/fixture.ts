@@ -1,5 +1,7 @@
 import { expect } from 'chai';
 import { join } from 'node:path';
+import { bootGuest, type BootedGuest } from '../guest/boot.js';
+import { findGuestImage } from '../guest/image.js';
 import { LaunchError, type Machine } from '../qemu/machine.js';
 import { skipBecause } from '../report/skip.js';
 import { ERRNO_TEXT, errnoValue, formatHwptFlags } from '../trace/flags.js';
@@ -99,6 +101,32 @@ export class LabFixture {
       model.addQemuMessages(e.stderr);
       return { model, error: e };
     }
+  }
+
+  /**
+   * Boots the harness's guest kernel as L2, with `spec`'s vIOMMU and devices, so a test sees
+   * from inside what QEMU really emulates (a synthesized PASID capability, a first-stage PASID
+   * entry). A skip where the guest image is missing. The deadlines are for an L2 under TCG
+   * inside L1's TCG, where QEMU alone takes tens of seconds to come up.
+   */
+  async bootL2Guest(ctx: Mocha.Context, spec: L2Spec, memoryMB: number): Promise<BootedGuest> {
+    const image = findGuestImage(spec.config.arch);
+    if (!image.ok) skipBecause(ctx, image.reason);
+    const probe = await probeL2(spec.config.arch);
+    const desc = l2Description(spec, probe);
+    return bootGuest(
+      (d) => this.machines.launch(d, { name: 'l2-guest', binary: probe.binary, readyTimeoutMs: 180_000, commandTimeoutMs: 60_000 }),
+      {
+        image: image.image,
+        viommu: false, // the config's own vIOMMU is in desc.devices
+        memoryMB,
+        devices: desc.devices!,
+        globals: desc.globals ?? [],
+        objects: desc.objects ?? [],
+        trace: desc.trace ?? [],
+      },
+      { readyTimeoutMs: 480_000 },
+    );
   }
 
   /** The model of a running L2's trace so far, with the kernel's answers. */

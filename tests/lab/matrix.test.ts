@@ -1,10 +1,8 @@
 import * as chai from 'chai';
 import { expect } from 'chai';
-import { bootGuest } from '../../harness/guest/boot.js';
-import { findGuestImage } from '../../harness/guest/image.js';
 import { guestPciFunctionsWithPasid } from '../../harness/lab/guest-pasid.js';
 import { useLabHost, type DirectAnswer } from '../../harness/lab/fixture.js';
-import { l2Description, oracleViommu, probeL2, spareRootPort, vfioPciDevice, type L2Spec } from '../../harness/lab/l2.js';
+import { oracleViommu, spareRootPort, vfioPciDevice, type L2Spec } from '../../harness/lab/l2.js';
 import { MATRIX, MATRIX_SUITE, REQUESTS_TEST, rowTitle } from '../../harness/lab/matrix.js';
 import { formatHwptFlags, HWPT_ALLOC_FLAGS } from '../../harness/trace/flags.js';
 import type { IommufdModel } from '../../harness/trace/model.js';
@@ -89,19 +87,7 @@ describe(MATRIX_SUITE, function () {
       if (config.viommu?.driver === 'intel-iommu' && config.viommu.features.fsts) {
         it('a nested stage-1 HWPT (VTD_S1) appears once the guest programs a first-stage PASID entry; PASID cap synthesized when asked', async function () {
           if (!direct.ok) skipBecause(this, `the kernel refuses the nesting parent ${formatHwptFlags(oracle.parent!.flags)} for ${dev.bdf} (${direct.errno}, asked directly): no nested HWPT can follow`);
-          const image = findGuestImage('x86_64');
-          if (!image.ok) skipBecause(this, image.reason);
-          const probe = await probeL2('x86_64');
-          const desc = l2Description(spec(), probe);
-          const guest = await bootGuest((d) => lab.machines.launch(d, { name: 'l2-guest', binary: probe.binary }), {
-            image: image.image,
-            intelIommu: false, // the config's own vIOMMU is in desc.devices
-            memoryMB: 512,
-            devices: desc.devices!,
-            globals: desc.globals ?? [],
-            objects: desc.objects ?? [],
-            trace: desc.trace ?? [],
-          });
+          const guest = await lab.bootL2Guest(this, spec(), 512);
           const model = await lab.model(guest.machine);
           const nested = model.hwptAllocs.filter((h) => h.ptKind === 'hwpt');
           expect(nested.length, 'nested HWPT requests').to.be.greaterThan(0);

@@ -12,9 +12,7 @@ import { useLabHost } from '../../harness/lab/fixture.js';
 import { hostCapsOf } from '../../harness/lab/lab-host.js';
 import { predictHwptAlloc } from '../../harness/host/kernel-model.js';
 import { formatHwptFlags, hwptFlagsFromNames, HWPT_ALLOC_FLAGS } from '../../harness/trace/flags.js';
-import { l2Description, oracleViommu, probeL2, type L2Spec } from '../../harness/lab/l2.js';
-import { bootGuest } from '../../harness/guest/boot.js';
-import { findGuestImage } from '../../harness/guest/image.js';
+import { oracleViommu, type L2Spec } from '../../harness/lab/l2.js';
 import { guestPciFunctionsWithPasid } from '../../harness/lab/guest-pasid.js';
 import { skipBecause } from '../../harness/report/skip.js';
 import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
@@ -185,20 +183,7 @@ describe('PASID: the capability vfio-pci synthesizes for the guest', function ()
 
   it('fsts=off, pasid-bits=20, PASID device: a booted L2 guest sees a PASID capability exactly when the oracle says so', async function () {
     const { cfg, d, exp } = await expectation(this);
-    const image = findGuestImage('x86_64');
-    if (!image.ok) skipBecause(this, image.reason);
-    const probe = await probeL2('x86_64');
-    const desc = l2Description({ config: cfg, devices: [{ bdf: d.bdf, id: 'hostdev0' }] }, probe);
-    // An L2 under TCG inside L1's TCG starts slowly: a ready deadline to match.
-    const guest = await bootGuest((x) => lab.machines.launch(x, { name: 'l2-guest', binary: probe.binary, readyTimeoutMs: 180_000, commandTimeoutMs: 60_000 }), {
-      image: image.image,
-      intelIommu: false, // the config's own vIOMMU is in desc.devices
-      memoryMB: 256,
-      devices: desc.devices!,
-      globals: desc.globals ?? [],
-      objects: desc.objects ?? [],
-      trace: desc.trace ?? [],
-    }, { readyTimeoutMs: 480_000 });
+    const guest = await lab.bootL2Guest(this, { config: cfg, devices: [{ bdf: d.bdf, id: 'hostdev0' }] }, 256);
     const withPasid = await guestPciFunctionsWithPasid(guest.agent);
     if (exp.synthesizesPasidCap) expect(withPasid.map((f) => f.offset), exp.pasidCapWhy).to.include(0xff8);
     else expect(withPasid, exp.pasidCapWhy).to.deep.equal([]);
