@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { useLabHost } from '../../harness/lab/fixture.js';
+import { skipBecause } from '../../harness/report/skip.js';
 import { formatsFor, spareRootPort, vfioPciDevice, type L2Spec } from '../../harness/lab/l2.js';
 import { formatSoakFigures, SOAK_SUITE, type SoakSample, soakCycles, soakFigures, TraceWindow } from '../../harness/lab/soak.js';
 import { collectGarbage, fdsOf, rssKiB } from '../../harness/util/process-stats.js';
@@ -17,8 +18,10 @@ describe(SOAK_SUITE, function () {
   const cycles = soakCycles();
   this.timeout(120_000 + cycles * 15_000);
   const lab = useLabHost();
+  /** The first test's figures, judged for RSS by the second. */
+  let figures: ReturnType<typeof soakFigures> | undefined;
 
-  it("device_add/device_del cycles leave no iommufd id and no fd, QEMU's or the harness's, and the harness's heap (RSS too, over the issue's 500 cycles) grows < 1 KiB per cycle after the warm-up", async function () {
+  it("device_add/device_del cycles leave no iommufd id and no fd, QEMU's or the harness's, and the harness's heap grows < 1 KiB per cycle after the warm-up", async function () {
     const dev = lab.host.device(this, 'no-pasid');
     const spec: L2Spec = { config: loadConfig('no-viommu-q35'), spareRootPorts: 1 };
     lab.requireConfig(this, spec.config);
@@ -62,6 +65,7 @@ describe(SOAK_SUITE, function () {
       x.ms = ms;
     }
     const f = soakFigures(samples);
+    figures = f;
     console.log(formatSoakFigures(f).replace(/^/gm, '      '));
     writeFileSync(join(lab.machines.artifactsDir, 'soak.json'), `${JSON.stringify({ figures: f, samples }, null, 1)}\n`);
     expect(f.liveIdsTotal, "iommufd objects the cycles left live (per QEMU's trace)").to.equal(0);
@@ -69,9 +73,14 @@ describe(SOAK_SUITE, function () {
     expect(f.harnessFdsLeaked, 'harness fds gained since cycle 1').to.equal(0);
     expect(f.traceLinesPerCycle, 'trace lines per cycle (each cycle must be traced)').to.be.greaterThan(0);
     expect(f.harnessHeapSlopeKiB, `harness heap growth (after GC) past ${f.warmup} warm-up cycles, KiB per cycle (least squares)`).to.be.below(1);
+  });
+
+  it("the harness's RSS grows < 1 KiB per cycle after the warm-up, over 500 cycles or more", function () {
     // RSS moves in 4 KiB pages and with V8's own arenas: over a short run its slope is noise
-    // (1.15 KiB/cycle one time, 0.57 another, for the same code). The issue's bound is for 500
-    // cycles (`npm run soak`), where it is asserted; it fails there today (1.09 KiB/cycle).
-    if (cycles >= 500) expect(f.harnessRssSlopeKiB, `harness RSS growth after ${f.warmup} warm-up cycles, KiB per cycle (least squares)`).to.be.below(1);
+    // (1.15 KiB/cycle one time, 0.57 another, for the same code), so the bound is judged only
+    // over the issue's 500 cycles (`npm run soak`); a shorter run is a counted skip, not a pass.
+    if (cycles < 500) skipBecause(this, `the RSS bound is judged over 500 cycles or more (npm run soak); this run has ${cycles}`);
+    expect(figures, 'figures of the soak above (did it run to its end?)').to.not.equal(undefined);
+    expect(figures!.harnessRssSlopeKiB, `harness RSS growth after ${figures!.warmup} warm-up cycles, KiB per cycle (least squares)`).to.be.below(1);
   });
 });
