@@ -114,14 +114,24 @@ export class LabHost {
     return r.results.map((res) => (res.ok ? { ok: true } : { ok: false, ...(res.errno ? { errno: res.errno } : {}) }));
   }
 
+  /** The profile's devices the lab suites may pass through (binding-test ones are the binding tests' own). */
+  get passThrough(): ProfileDevice[] {
+    return this.profile.devices.filter((d) => d.role !== 'binding-test');
+  }
+
   /** The first profile device with `role`, or a skip naming the missing role. */
-  device(ctx: Mocha.Context, role: DeviceRole): ProfileDevice & { cdev: string } {
-    const withRole = devicesWithRole(this.profile, role);
-    const d = withRole.find((x) => this.bound.has(x.bdf));
-    const elsewhere = withRole.map((x) => this.leasedElsewhere.get(x.bdf)).find(Boolean);
-    if (!d && elsewhere) return skipBecause(ctx, elsewhere);
-    if (!d) return skipBecause(ctx, `no device with role ${role} in host profile ${this.profile.name}`);
-    return { ...d, cdev: this.bound.get(d.bdf)!.cdev };
+  async device(ctx: Mocha.Context, role: DeviceRole): Promise<LabDevice> {
+    return (await this.devices(ctx, devicesWithRole(this.profile, role), 1, `no device with role ${role} in host profile ${this.profile.name}`))[0]!;
+  }
+
+  /** `count` of the `among` devices, or a skip: `none` where the profile has fewer, the holder where another run has them. */
+  async devices(ctx: Mocha.Context, among: readonly ProfileDevice[], count: number, none: string): Promise<LabDevice[]> {
+    if (among.length < count) return skipBecause(ctx, none);
+    const got = among.filter((x) => this.bound.has(x.bdf)).slice(0, count);
+    const elsewhere = among.map((x) => this.leasedElsewhere.get(x.bdf)).find(Boolean);
+    if (got.length < count && elsewhere) return skipBecause(ctx, elsewhere);
+    if (got.length < count) return skipBecause(ctx, none);
+    return got.map((d) => ({ ...d, cdev: this.bound.get(d.bdf)!.cdev }));
   }
 
   close(): void {
@@ -151,3 +161,6 @@ function answered<T>(ctx: Mocha.Context, r: Probed<T>, what: string): T {
 }
 
 export type { HostCaps };
+
+/** A profile device this test (or suite) holds, bound to vfio-pci. */
+export type LabDevice = ProfileDevice & { cdev: string };

@@ -37,7 +37,7 @@ describe('iommufd: HWPTs for vfio-pci devices', function () {
 
   for (const name of ['no-viommu-q35', 'intel-iommu-scalable-fsts']) {
     it(`${name}: QEMU requests the oracle’s flags on the IOAS and acts on the kernel’s direct answer (attach at pasid 0, or a typed failure that frees the IOAS)`, async function () {
-      const dev = lab.host.device(this, 'no-pasid');
+      const dev = await lab.host.device(this, 'no-pasid');
       const config = loadConfig(name);
       const { oracle, direct } = await expectations(this, config, dev);
       const outcome = await lab.launch({ config, devices: [{ bdf: dev.bdf, id: 'hostdev0' }] });
@@ -48,7 +48,7 @@ describe('iommufd: HWPTs for vfio-pci devices', function () {
 
     it(`${name}: the kernel answers QEMU’s request (kprobe) as it answers it directly`, async function () {
       lab.host.requireKernelAnswers(this);
-      const dev = lab.host.device(this, 'no-pasid');
+      const dev = await lab.host.device(this, 'no-pasid');
       const config = loadConfig(name);
       const { direct } = await expectations(this, config, dev);
       const { model } = await lab.launch({ config, devices: [{ bdf: dev.bdf, id: 'hostdev0' }] });
@@ -58,7 +58,7 @@ describe('iommufd: HWPTs for vfio-pci devices', function () {
   }
 
   it('hot-plug: device_add allocates and attaches, device_del detaches and frees the HWPT and the IOAS; 50 cycles leak no id and no fd', async function () {
-    const dev = lab.host.device(this, 'no-pasid');
+    const dev = await lab.host.device(this, 'no-pasid');
     const spec: L2Spec = { config: loadConfig('no-viommu-q35'), spareRootPorts: 1 };
     lab.requireConfig(this, spec.config);
     const m = await lab.launchL2(spec);
@@ -78,7 +78,7 @@ describe('iommufd: HWPTs for vfio-pci devices', function () {
   });
 
   it('hot-plug under intel-iommu fsts=on: device_add attaches and device_del frees where the kernel grants the oracle’s flags; else it fails typed, leaving nothing allocated', async function () {
-    const dev = lab.host.device(this, 'no-pasid');
+    const dev = await lab.host.device(this, 'no-pasid');
     const config = loadConfig('intel-iommu-scalable-fsts');
     const { oracle, direct } = await expectations(this, config, dev);
     const spec: L2Spec = { config, spareRootPorts: 1 };
@@ -102,14 +102,14 @@ describe('iommufd: several devices, bridges', function () {
   this.timeout(300_000);
   const lab = useLabHost();
 
-  function twoDevices(ctx: Mocha.Context) {
-    const ds = [...lab.host.profile.devices].filter((d) => lab.host.bound.has(d.bdf) && d.role !== 'behind-bridge').slice(0, 2);
-    if (ds.length < 2) skipBecause(ctx, `host profile ${lab.host.profile.name} lists fewer than two devices to pass through`);
+  async function twoDevices(ctx: Mocha.Context) {
+    const among = lab.host.passThrough.filter((d) => d.role !== 'behind-bridge');
+    const ds = await lab.host.devices(ctx, among, 2, `host profile ${lab.host.profile.name} lists fewer than two devices to pass through`);
     return ds.map((d, i) => ({ bdf: d.bdf, id: `hostdev${i}` }));
   }
 
   it('no vIOMMU, two devices: one container; the second device reuses the first one’s HWPT (an attach, no second allocation)', async function () {
-    const devices = twoDevices(this);
+    const devices = await twoDevices(this);
     const config = loadConfig('no-viommu-q35');
     lab.requireConfig(this, config);
     const model = await lab.model(await lab.launchL2({ config, devices }));
@@ -122,7 +122,7 @@ describe('iommufd: several devices, bridges', function () {
   });
 
   it('intel-iommu, two devices: each device has its own DMA address space behind the vIOMMU, so its own container, IOAS and HWPT', async function () {
-    const devices = twoDevices(this);
+    const devices = await twoDevices(this);
     const config = loadConfig('intel-iommu-caching-mode');
     lab.requireConfig(this, config);
     const model = await lab.model(await lab.launchL2({ config, devices }));
@@ -133,7 +133,7 @@ describe('iommufd: several devices, bridges', function () {
   });
 
   it('fsts=on, device behind a conventional PCI bridge: refused with the bridge message where the kernel grants the nesting parent; else the kernel’s refusal comes first', async function () {
-    const dev = lab.host.device(this, 'no-pasid');
+    const dev = await lab.host.device(this, 'no-pasid');
     const config = loadConfig('intel-iommu-scalable-fsts');
     lab.requireConfig(this, config);
     const oracle = expectHwpt(oracleViommu(config), await lab.host.hostCaps(this, dev.cdev));

@@ -40,7 +40,7 @@ describe(MATRIX_SUITE, function () {
 
       before(async function () {
         lab.requireConfig(this, config);
-        dev = lab.host.device(this, v.role);
+        dev = await lab.host.device(this, v.role);
         oracle = expectHwpt(oracleViommu(config), await lab.host.hostCaps(this, dev.cdev));
         direct = await lab.host.kernelAnswer(this, dev.cdev, oracle.parent!.flags);
       });

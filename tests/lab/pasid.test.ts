@@ -45,23 +45,20 @@ describe('PASID: HWPT flags for a PASID-capable device', function () {
   const lab = useLabHost();
 
   /** A profile device by name (where a role alone does not pick it), or a skip naming it. */
-  function named(ctx: Mocha.Context, name: string): Dev {
-    const d = lab.host.profile.devices.find((x) => x.name === name);
-    if (!d) return skipBecause(ctx, `host profile ${lab.host.profile.name} lists no device named ${name}`);
-    const b = lab.host.bound.get(d.bdf);
-    if (!b) return skipBecause(ctx, `${name} (${d.bdf}) is not bound to vfio-pci`);
-    return { ...d, cdev: b.cdev };
+  async function named(ctx: Mocha.Context, name: string): Promise<Dev> {
+    const d = lab.host.passThrough.filter((x) => x.name === name);
+    return (await lab.host.devices(ctx, d, 1, `host profile ${lab.host.profile.name} lists no device named ${name}`))[0]!;
   }
 
   /** The PASID device: role pasid whose PASID the kernel enabled (hw info capabilities exec/priv or max_pasid_log2). */
-  function pasidDevice(ctx: Mocha.Context): Dev {
+  function pasidDevice(ctx: Mocha.Context): Promise<Dev> {
     return lab.host.device(ctx, 'pasid');
   }
 
   /** A device without a PASID capability: the synthetic plain endpoint in the virtual lab, else the first no-pasid one. */
-  function noPasidDevice(ctx: Mocha.Context): Dev {
-    const plain = lab.host.profile.devices.find((x) => x.name === 'plain-endpoint' && lab.host.bound.has(x.bdf));
-    return plain ? { ...plain, cdev: lab.host.bound.get(plain.bdf)!.cdev } : lab.host.device(ctx, 'no-pasid');
+  async function noPasidDevice(ctx: Mocha.Context): Promise<Dev> {
+    const plain = lab.host.passThrough.filter((x) => x.name === 'plain-endpoint');
+    return plain.length ? (await lab.host.devices(ctx, plain, 1, `host profile ${lab.host.profile.name} lists no device named plain-endpoint`))[0]! : lab.host.device(ctx, 'no-pasid');
   }
 
   const hwInfo = (ctx: Mocha.Context, d: Dev): Promise<HwInfo> => lab.host.hwInfo(ctx, d.cdev);
@@ -107,7 +104,7 @@ describe('PASID: HWPT flags for a PASID-capable device', function () {
   }
 
   /** The scenarios: title, config, device, the flags the series requires QEMU to set. */
-  const SCENARIOS: Array<{ title: string; config: string; device: (ctx: Mocha.Context) => Dev; mustSet: string[]; pasid?: boolean }> = [
+  const SCENARIOS: Array<{ title: string; config: string; device: (ctx: Mocha.Context) => Promise<Dev>; mustSet: string[]; pasid?: boolean }> = [
     { title: 'intel-iommu fsts=on, pasid-bits=20, PASID device: NEST_PARENT|PASID', config: 'intel-iommu-scalable-fsts-pasid', device: pasidDevice, mustSet: ['NEST_PARENT', 'PASID'], pasid: true },
     { title: 'intel-iommu fsts=on, pasid-bits=20, device without PASID: NEST_PARENT, no PASID', config: 'intel-iommu-scalable-fsts-pasid', device: noPasidDevice, mustSet: ['NEST_PARENT'], pasid: false },
     { title: 'intel-iommu fsts=on without pasid-bits, PASID device: NEST_PARENT, no PASID (the vIOMMU does not want PASID attach)', config: 'intel-iommu-scalable-fsts', device: pasidDevice, mustSet: ['NEST_PARENT'] },
@@ -117,7 +114,7 @@ describe('PASID: HWPT flags for a PASID-capable device', function () {
 
   for (const sc of SCENARIOS) {
     it(`${sc.title}: QEMU requests the oracle’s flags and acts on the kernel’s answer`, async function () {
-      const d = sc.device(this);
+      const d = await sc.device(this);
       if (sc.pasid !== undefined) {
         const hw = await hwInfo(this, d);
         if (sc.pasid) expect(hw.outMaxPasidLog2, `${d.bdf} max_pasid_log2`).to.be.greaterThan(0);
@@ -129,12 +126,12 @@ describe('PASID: HWPT flags for a PASID-capable device', function () {
     });
 
     it(`${sc.title}: the kernel answers QEMU’s request (kprobe) as it answers it directly`, async function () {
-      await kernelSide(this, sc.config, sc.device(this));
+      await kernelSide(this, sc.config, await sc.device(this));
     });
   }
 
   it('PASID capability without DevCap2 TLP prefix bits: the kernel does not enable PASID (hw info capabilities 0, max_pasid_log2 still 20); QEMU still asks for PASID per max_pasid_log2', async function () {
-    const d = named(this, 'pasid-no-tlp-prefix');
+    const d = await named(this, 'pasid-no-tlp-prefix');
     const cfg = readPciConfig(hostPaths(), d.bdf);
     expect(cfg, `config space of ${d.bdf}`).to.not.equal(undefined);
     const caps = summarizeExtCaps(cfg!);
@@ -165,7 +162,7 @@ describe('PASID: the capability vfio-pci synthesizes for the guest', function ()
   async function expectation(ctx: Mocha.Context) {
     const cfg = loadConfig(CONFIG);
     lab.requireConfig(ctx, cfg);
-    const d = lab.host.device(ctx, 'pasid');
+    const d = await lab.host.device(ctx, 'pasid');
     const hw = await lab.host.hwInfo(ctx, d.cdev);
     expect(hw.outMaxPasidLog2, `${d.bdf} max_pasid_log2`).to.be.greaterThan(0);
     const exp = expectHwpt(oracleViommu(cfg), hostCapsOf(hw));
@@ -198,6 +195,8 @@ describe('PASID: harness doctor on the lab host', function () {
   const FLAGS = ['0x0', '0x1', '0x2', '0x4', '0x8', '0x9'];
 
   it('doctor --json: the PASID device as its config space and hw info show it, the kernel answers available (self-checked), and HWPT_ALLOC answers the kernel model predicts for this IOMMU', async function () {
+    // Held by this test first: the doctor reads the hw info of devices bound to vfio-pci.
+    const d = await lab.host.device(this, 'pasid');
     const profile = profileFromEnv()!;
     const r = await execa(process.execPath, [join(repoRoot, 'dist', 'harness', 'cli.js'), 'doctor', '--json', '--profile', profile, '--hwpt-flags', FLAGS.join(',')], {
       reject: false,
@@ -206,7 +205,6 @@ describe('PASID: harness doctor on the lab host', function () {
     expect(r.exitCode, `doctor failed: ${r.stderr}`).to.equal(0);
     const report = JSON.parse(r.stdout) as HostReport & { prerequisites: HostPrerequisites };
     writeFileSync(join(lab.machines.artifactsDir, 'doctor.json'), r.stdout);
-    const d = lab.host.device(this, 'pasid');
     const dev = report.devices.find((x) => x.bdf === d.bdf)!;
     const pasid = summarizeExtCaps(readPciConfig(hostPaths(), d.bdf)!).pasid;
     expect(pasid, `${d.bdf} has a PASID capability (its profile role is pasid)`).to.not.equal(undefined);

@@ -39,7 +39,7 @@ describe('realize errors triggered on a real IOMMU', function () {
   }
 
   it('vfio-pci on the legacy VFIO container (no iommufd=) under intel-iommu fsts=on: “Need IOMMUFD backend when fsts=on”, no iommufd object touched', async function () {
-    const dev = lab.host.device(this, 'no-pasid');
+    const dev = await lab.host.device(this, 'no-pasid');
     const config = loadConfig('intel-iommu-scalable-fsts');
     lab.requireConfig(this, config);
     const { error, model } = await refused(lab, {
@@ -53,7 +53,7 @@ describe('realize errors triggered on a real IOMMU', function () {
   });
 
   it('vfio-pci cold-plugged under intel-iommu without caching-mode: refused after the HWPT was allocated and attached; QEMU exits 1 (no frees traced: the kernel reclaims at exit)', async function () {
-    const dev = lab.host.device(this, 'no-pasid');
+    const dev = await lab.host.device(this, 'no-pasid');
     const config = loadConfig('intel-iommu-legacy');
     lab.requireConfig(this, config);
     const d = await direct(this, config, dev.cdev);
@@ -70,7 +70,7 @@ describe('realize errors triggered on a real IOMMU', function () {
   });
 
   it('vfio-pci hot-plugged under intel-iommu without caching-mode: device_add fails naming caching-mode, after the alloc and attach; detached, HWPT and IOAS freed', async function () {
-    const dev = lab.host.device(this, 'no-pasid');
+    const dev = await lab.host.device(this, 'no-pasid');
     const config = loadConfig('intel-iommu-legacy');
     lab.requireConfig(this, config);
     const d = await direct(this, config, dev.cdev);
@@ -88,7 +88,7 @@ describe('realize errors triggered on a real IOMMU', function () {
   });
 
   it('intel-iommu fsts=on with more PASID bits than the host IOMMU: “PASID bits size N > host IOMMU PASID bits size M” (or the kernel’s refusal first)', async function () {
-    const dev = lab.host.device(this, 'pasid');
+    const dev = await lab.host.device(this, 'pasid');
     const hw = await lab.host.hwInfo(this, dev.cdev);
     if (!hw.vtd) skipBecause(this, `${dev.bdf} is behind a ${hw.outDataTypeName} IOMMU, not VT-d`);
     // ecap.PSS (bits 39:35) + 1 is the host's PASID width; QEMU checks it only for a device with PASID.

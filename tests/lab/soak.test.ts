@@ -22,7 +22,7 @@ describe(SOAK_SUITE, function () {
   let figures: ReturnType<typeof soakFigures> | undefined;
 
   it("device_add/device_del cycles leave no iommufd id and no fd, QEMU's or the harness's, and the harness's heap grows < 1 KiB per cycle after the warm-up", async function () {
-    const dev = lab.host.device(this, 'no-pasid');
+    const dev = await lab.host.device(this, 'no-pasid');
     const spec: L2Spec = { config: loadConfig('no-viommu-q35'), spareRootPorts: 1 };
     lab.requireConfig(this, spec.config);
     const m = await lab.launchL2(spec);
