@@ -26,6 +26,7 @@ for (const [name, mod, fn] of [
   ['trace-decode', './trace-decode.js', 'benchTraceDecode'],
   ['guest-boot', './guest-boot.js', 'benchGuestBoot'],
   ['lab-attach', './lab-attach.js', 'benchLabAttach'],
+  ['arm64-lab', './arm64-lab.js', 'benchArm64Lab'],
 ] as const) {
   const f = await optional(mod, fn);
   if (f) benches.push([name, f]);
