@@ -36,6 +36,12 @@ export function leaseWaitMs(env: NodeJS.ProcessEnv = process.env): number {
   return n;
 }
 
+/** Why a device cannot be had: "device X is leased by run PID N", the words a skip and the doctor give. */
+export function leasedReason(bdf: string, holder: LeaseOwner | undefined, waitMs: number): string {
+  const h = holder ?? { pid: 0, time: '?' };
+  return `device ${bdf} is leased by run PID ${h.pid} (since ${h.time}; waited ${waitMs} ms)`;
+}
+
 export type LeaseResult = { ok: true } | { ok: false; holder: LeaseOwner; reason: string };
 
 const fileName = (bdf: string): string => `${bdf.replace(/[^0-9A-Za-z.:_-]/g, '_')}.lease`;
@@ -120,7 +126,7 @@ export class DeviceLeases {
       if (this.tryTake(bdf)) return { ok: true };
       if (Date.now() >= until) {
         const holder = this.holder(bdf) ?? { pid: 0, time: '?' };
-        return { ok: false, holder, reason: `device ${bdf} is leased by run PID ${holder.pid} (since ${holder.time}; waited ${waitMs} ms)` };
+        return { ok: false, holder, reason: leasedReason(bdf, holder, waitMs) };
       }
       await sleep(Math.min(100, Math.max(1, until - Date.now())));
     }

@@ -47,14 +47,23 @@ const platformOf = (c: ViommuConfig): 'vtd' | 'smmuv3' | undefined =>
   c.viommu?.driver === 'intel-iommu' ? 'vtd' : c.viommu?.driver === 'arm-smmuv3' ? 'smmuv3' : undefined;
 
 /**
- * The lab suites' fixture: the host opened once for the describe block (its
- * devices bound, kprobes set; a skip with the reason where there is no lab
- * host), the kprobe buffer cleared before each test, and L2 machines owned by
- * the test that launches them.
+ * The lab suites' fixture: the host opened once for the describe block
+ * (kprobes set; a skip with the reason where there is no lab host), the
+ * kprobe buffer cleared before each test, L2 machines owned by the test that
+ * launches them, and devices owned by whoever asked for them: a test's are
+ * given back when it ends (after its machines stopped), a suite's (asked in
+ * its before hook) when that suite ends.
  */
 export class LabFixture {
   private opened: LabHost | undefined;
-  constructor(readonly machines: MachineFixture) {}
+  /** The test running now (from this fixture's beforeEach to its afterEach). */
+  private test: Mocha.Runnable | undefined;
+  /** Suites that hold devices from a before hook, each with its after hook to give them back. */
+  private readonly holdingSuites = new Set<Mocha.Suite>();
+  constructor(
+    readonly machines: MachineFixture,
+    private readonly openHost: typeof LabHost.open = LabHost.open,
+  ) {}
 
   get host(): LabHost {
     if (!this.opened) throw new Error('useLabHost(): the lab host is not open (used outside a test?)');
@@ -62,12 +71,44 @@ export class LabFixture {
   }
 
   async open(ctx: Mocha.Context): Promise<void> {
-    this.opened = await LabHost.open(ctx);
+    this.opened = await this.openHost(ctx, (c) => this.scopeOf(c));
   }
 
   close(): void {
     this.opened?.close();
     this.opened = undefined;
+  }
+
+  /** Called by the fixture's beforeEach and afterEach: devices asked in between are the test's. */
+  beginTest(test: Mocha.Runnable | undefined): void {
+    // A test whose afterEach never ran (a hook before ours failed) gives its devices back now.
+    this.endTest();
+    this.test = test;
+  }
+
+  endTest(): void {
+    const test = this.test;
+    this.test = undefined;
+    if (test) this.opened?.giveBack(test);
+  }
+
+  /**
+   * A request during a test belongs to the test; one from a before hook to the
+   * hook's suite, which gets an after hook of its own (run after the suite's
+   * other after hooks, e.g. its machines') that gives the devices back.
+   */
+  private scopeOf(ctx: Mocha.Context): object {
+    if (this.test) return this.test;
+    const suite = ctx.test?.parent;
+    if (!suite) throw new Error('useLabHost(): a device asked for outside a test or a hook');
+    if (!this.holdingSuites.has(suite)) {
+      this.holdingSuites.add(suite);
+      suite.afterAll('give back the lab devices its before hooks took', () => {
+        this.holdingSuites.delete(suite);
+        this.opened?.giveBack(suite);
+      });
+    }
+    return suite;
   }
 
   /** The kernel's answers recorded since the test began. */
@@ -190,13 +231,19 @@ export class LabFixture {
   }
 }
 
-export function useLabHost(): LabFixture {
-  const lab = new LabFixture(useMachines());
+/** The lab fixture for a describe block; `openHost` is for the fixture's own tests (a fake host). */
+export function useLabHost(openHost?: typeof LabHost.open): LabFixture {
+  const lab = new LabFixture(useMachines(), openHost);
   before(async function () {
     this.timeout(120_000);
     await lab.open(this);
   });
   after(() => lab.close());
-  beforeEach(() => lab.host.kprobes?.clear());
+  beforeEach(function () {
+    lab.beginTest(this.currentTest);
+    lab.host.kprobes?.clear();
+  });
+  // Registered after useMachines' afterEach, so the test's L2s have stopped (and closed the devices) first.
+  afterEach(() => lab.endTest());
   return lab;
 }

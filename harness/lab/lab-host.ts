@@ -1,7 +1,8 @@
 import { existsSync } from 'node:fs';
 import { devicesWithRole, loadProfile, profileFromEnv, type DeviceRole, type HostProfile, type ProfileDevice } from '../host/profile.js';
-import { DeviceLeases, leaseAndBind } from '../host/lease.js';
-import { VfioBinder, type BoundDevice } from '../host/vfio-bind.js';
+import { DeviceLoans } from '../host/device-loans.js';
+import { DeviceLeases } from '../host/lease.js';
+import { VfioBinder } from '../host/vfio-bind.js';
 import { decodeSmmuIdr, probeHwptAlloc, readHwInfo, type HwInfo, type Probed } from '../host/hwinfo.js';
 import { openKernelAnswers, type KernelAnswers } from '../host/kernel-answers.js';
 import { hostPrerequisites, probeHost, type HostPrerequisites, type PrerequisiteName } from '../host/report.js';
@@ -11,23 +12,26 @@ import type { HostCaps } from '../trace/oracle.js';
 
 /**
  * The host a lab suite runs on (a lab machine, or the virtual lab's L1): its
- * profile, the devices bound to vfio-pci for the suite, the kernel-side
- * kprobes, and what the host can do. Opened in a suite's before(); anything
- * missing is a skip of the whole suite with the exact reason.
+ * profile, the kernel-side kprobes, what the host can do, and its devices,
+ * each leased and bound to vfio-pci when a test (or a suite's before hook)
+ * first asks for it and given back when that test (or suite) ends: the lab
+ * fixture says which scope a request belongs to and ends it. Opened in a
+ * suite's before(); anything missing is a skip of the whole suite with the
+ * exact reason.
  */
 export class LabHost {
   private constructor(
     readonly profile: HostProfile,
     readonly binder: VfioBinder,
-    readonly bound: Map<string, BoundDevice>,
+    /** The devices lent to tests and suites, with this run's leases (another run on the machine never takes these). */
+    readonly loans: DeviceLoans,
+    private readonly leases: DeviceLeases,
     /** The kernel's answers (kprobes, self-checked), or why there are none. */
     readonly kernelAnswers: KernelAnswers,
     /** What this host can do, each with the exact reason (harness doctor's view). */
     readonly prerequisites: HostPrerequisites,
-    /** This run's device leases (another run on the machine never takes these). */
-    readonly leases: DeviceLeases,
-    /** Devices another run held past the lease deadline, with the reason ("device X is leased by run PID N"). */
-    readonly leasedElsewhere: Map<string, string>,
+    /** Which scope (a test, or a suite from its before hook) a request for devices belongs to. */
+    private readonly scopeOf: (ctx: Mocha.Context) => object,
   ) {}
 
   /** Why no lab suite can run on this host, or undefined. */
@@ -38,7 +42,7 @@ export class LabHost {
     return undefined;
   }
 
-  static async open(ctx: Mocha.Context): Promise<LabHost> {
+  static async open(ctx: Mocha.Context, scopeOf: (ctx: Mocha.Context) => object): Promise<LabHost> {
     const why = LabHost.unavailableReason();
     if (why) return skipBecause(ctx, why);
     const profile = loadProfile(profileFromEnv()!);
@@ -48,16 +52,25 @@ export class LabHost {
     const binder = new VfioBinder(profile, journal ? { journal } : {});
     binder.replayJournal();
     binder.installSignalHandlers();
-    // binding-test devices are the binding tests' own (tests/lab/host.test.ts): never held for a suite.
-    const suiteDevices = profile.devices.filter((d) => d.role !== 'binding-test').map((d) => d.bdf);
-    // A device another run holds is waited for (all at once, one deadline), then left to it:
-    // tests that need it skip naming the holder. Leases go after the binder's exit handler.
+    // Leases go after the binder's exit handler, which gives the devices back first.
     const leases = new DeviceLeases();
-    const { bound: taken, elsewhere: leasedElsewhere } = await leaseAndBind(binder, leases, suiteDevices);
-    const bound = new Map(taken.map((b) => [b.bdf, b]));
-    const kernelAnswers = await openKernelAnswers([...bound.values()][0]?.cdev);
+    const kernelAnswers = await selfCheckedKernelAnswers(new DeviceLoans(binder, leases), passThrough(profile));
     const prerequisites = hostPrerequisites(await probeHost({ profile }));
-    return new LabHost(profile, binder, bound, kernelAnswers, prerequisites, leases, leasedElsewhere);
+    return LabHost.of({ profile, binder, leases, kernelAnswers, prerequisites, scopeOf });
+  }
+
+  /** A lab host from its parts, as open() finds them on this host (tests give a fake host's). */
+  static of(p: {
+    profile: HostProfile;
+    binder: VfioBinder;
+    leases: DeviceLeases;
+    kernelAnswers: KernelAnswers;
+    prerequisites: HostPrerequisites;
+    scopeOf: (ctx: Mocha.Context) => object;
+    leaseWaitMs?: number;
+  }): LabHost {
+    const loans = new DeviceLoans(p.binder, p.leases, p.leaseWaitMs);
+    return new LabHost(p.profile, p.binder, loans, p.leases, p.kernelAnswers, p.prerequisites, p.scopeOf);
   }
 
   /** The kprobe session when the kernel's answers are available (self-checked), else undefined. */
@@ -116,29 +129,73 @@ export class LabHost {
 
   /** The profile's devices the lab suites may pass through (binding-test ones are the binding tests' own). */
   get passThrough(): ProfileDevice[] {
-    return this.profile.devices.filter((d) => d.role !== 'binding-test');
+    return passThrough(this.profile);
   }
 
-  /** The first profile device with `role`, or a skip naming the missing role. */
+  /** The first profile device with `role` this run can have, or a skip naming the missing role or the device's holder. */
   async device(ctx: Mocha.Context, role: DeviceRole): Promise<LabDevice> {
     return (await this.devices(ctx, devicesWithRole(this.profile, role), 1, `no device with role ${role} in host profile ${this.profile.name}`))[0]!;
   }
 
-  /** `count` of the `among` devices, or a skip: `none` where the profile has fewer, the holder where another run has them. */
+  /**
+   * `count` of the `among` devices, leased and bound for the asking test (or
+   * suite, from its before hook) until it ends; a skip: `none` where the
+   * profile has fewer, "device X is leased by run PID N" where another run
+   * kept them past the lease deadline.
+   */
   async devices(ctx: Mocha.Context, among: readonly ProfileDevice[], count: number, none: string): Promise<LabDevice[]> {
     if (among.length < count) return skipBecause(ctx, none);
-    const got = among.filter((x) => this.bound.has(x.bdf)).slice(0, count);
-    const elsewhere = among.map((x) => this.leasedElsewhere.get(x.bdf)).find(Boolean);
-    if (got.length < count && elsewhere) return skipBecause(ctx, elsewhere);
-    if (got.length < count) return skipBecause(ctx, none);
-    return got.map((d) => ({ ...d, cdev: this.bound.get(d.bdf)!.cdev }));
+    const r = await this.loans.take(
+      among.map((d) => d.bdf),
+      count,
+      this.scopeOf(ctx),
+    );
+    if (!r.ok) return skipBecause(ctx, r.reason);
+    return r.bound.map((b) => ({ ...among.find((d) => d.bdf === b.bdf)!, cdev: b.cdev }));
+  }
+
+  /** Gives back what a test or suite was lent; a device that would not go back is an error naming it. */
+  giveBack(scope: object): void {
+    const failed = this.loans.giveBack(scope).filter((r) => !r.ok);
+    if (failed.length) throw new Error(`devices not given back: ${failed.map((r) => `${r.bdf}: ${r.detail}`).join('; ')}`);
   }
 
   close(): void {
     this.kprobes?.stop();
+    this.loans.giveBackAll();
     this.binder.restoreAll();
     this.leases.releaseAll();
   }
+}
+
+const passThrough = (profile: HostProfile): ProfileDevice[] => profile.devices.filter((d) => d.role !== 'binding-test');
+
+/**
+ * The kprobes, self-checked through a device lent for the check alone (the
+ * first one free within the lease deadline) and given back straight after.
+ */
+async function selfCheckedKernelAnswers(loans: DeviceLoans, devices: readonly ProfileDevice[]): Promise<KernelAnswers> {
+  const scope = {};
+  const r = devices.length
+    ? await loans.take(
+        devices.map((d) => d.bdf),
+        1,
+        scope,
+      )
+    : { ok: false as const, reason: 'the host profile lists no device to pass through' };
+  let answers: KernelAnswers;
+  try {
+    answers = await openKernelAnswers(r.ok ? r.bound[0]!.cdev : undefined);
+  } catch (e) {
+    loans.giveBack(scope);
+    throw e;
+  }
+  const failed = loans.giveBack(scope).filter((g) => !g.ok);
+  if (failed.length) {
+    if (answers.ok) answers.session.stop();
+    throw new Error(`${failed.map((g) => `${g.bdf}: ${g.detail}`).join('; ')} (lent for the kprobe self-check) not given back`);
+  }
+  return r.ok || answers.ok ? answers : { ...answers, reason: `${answers.reason} (${r.reason})` };
 }
 
 /** The errnos with which iommufd and the IOMMU drivers refuse an HWPT allocation (not a malformed request). */

@@ -18,10 +18,9 @@ import { readPciDevice } from '../../harness/host/sysfs.js';
 import { VfioBinder } from '../../harness/host/vfio-bind.js';
 import { sleep, withDeadline } from '../../harness/util/deadline.js';
 import { repoRoot } from '../../harness/util/paths.js';
-import { FakeHost } from '../fixtures/host/fake-sysfs.js';
+import type { FakeHost } from '../fixtures/host/fake-sysfs.js';
+import { NIC, NIC2, twoNicHost } from '../fixtures/host/two-nics.js';
 
-const NIC = '0000:01:00.0';
-const NIC2 = '0000:02:00.0';
 const profile: HostProfile = validateProfile({ name: 'bench', platform: 'vtd', devices: [NIC, NIC2].map((bdf) => ({ bdf, role: 'no-pasid' })) }, 'bench.yaml');
 const url = (p: string) => JSON.stringify(pathToFileURL(join(repoRoot, 'dist', p)).href);
 
@@ -35,12 +34,7 @@ describe('device leases: two runs on one host', function () {
 
   beforeEach(() => {
     root = mkdtempSync(join(tmpdir(), 'host-lease-'));
-    leaseDir = join(root, 'leases');
-    journal = join(root, 'journal.jsonl');
-    fake = new FakeHost(join(root, 'host'));
-    fake.enableIommufd();
-    fake.addDevice({ bdf: NIC, driver: 'e1000e', group: 1 });
-    fake.addDevice({ bdf: NIC2, driver: 'igb', group: 2 });
+    ({ fake, leaseDir, journal } = twoNicHost(root));
   });
   afterEach(async () => {
     for (const c of children.splice(0)) {
