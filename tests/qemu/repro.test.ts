@@ -30,7 +30,7 @@ describe('harness repro', function () {
     expect(r.stderr).to.include('no reproducer "no-such-defect" (known: qmp-websocket-chardev');
   });
 
-  it('qmp-websocket-chardev: the reference QEMU still greets over its WebSocket chardev and never answers (exit 0)', async function () {
+  it('qmp-websocket-chardev: the reference QEMU still greets over its WebSocket chardevs and leaves a command unanswered on some of them (exit 0)', async function () {
     await requireQemu(this, 'x86_64');
     const version = await qemuVersion(findQemu('x86_64'));
     const r = await repro(['qmp-websocket-chardev', '--json']);
@@ -38,9 +38,9 @@ describe('harness repro', function () {
     expect(r.exitCode, `${r.stderr}\n${r.stdout}`).to.equal(0);
     expect(out.present, `QEMU ${version.text} answered QMP over its WebSocket chardev: the defect is fixed there, update facts §10 and tests/qemu/ws-bridge.test.ts`).to.equal(true);
     expect(out.qemu).to.deep.equal({ path: findQemu('x86_64').path, version: version.text });
-    expect(out.cmdline).to.include('websocket=on').and.include(monitorArgs((await probeQemu(findQemu('x86_64'))).features, 'mq', 'qmp', 'wsq').join(' '));
+    expect(out.cmdline).to.include('websocket=on').and.include(monitorArgs((await probeQemu(findQemu('x86_64'))).features, 'mq0', 'qmp', 'wsq0').join(' '));
     expect(out.expected).to.include('{"return": {}, "id": 1}');
-    expect(out.seen).to.match(/^greeting \{"QMP": \{"version": \{"qemu": \{"micro": \d+/).and.include('no answer within 3000 ms');
+    expect(out.seen).to.match(/^greeting \{"QMP": \{"version": \{"qemu": \{"micro": \d+/).and.match(/no answer within 3000 ms on [1-5] of 5 connections/);
     // The control rules out the client: HMP answers on the same kind of chardev.
     expect(out.control).to.include(`${version.major}.${version.minor}.${version.micro}`);
     const text = await repro(['qmp-websocket-chardev']);

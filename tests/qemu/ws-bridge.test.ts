@@ -1,7 +1,7 @@
 import { skipBecause } from '../../harness/report/skip.js';
 import { expect } from 'chai';
 import { startQmpBridge } from '../../harness/qmp/ws-bridge.js';
-import { monitorArgs } from '../../harness/qemu/capabilities.js';
+import { qmpOverWebsocketTries, TRIES, websocketMonitorArgs } from '../../harness/repro/qmp-websocket.js';
 import type { Machine } from '../../harness/qemu/machine.js';
 import { useMachines } from '../../harness/testing/fixtures.js';
 import { requireQemu } from '../../harness/testing/prereqs.js';
@@ -58,31 +58,24 @@ describe('QMP over WebSocket', function () {
     });
   });
 
-  it("QEMU's own websocket chardev: QMP greets but (through 11.1) never answers a command; HMP answers", async function () {
+  it("QEMU's own websocket chardev: QMP greets but (through 11.1) leaves a command unanswered on some of 5 fresh connections; HMP answers", async function () {
     this.timeout(20_000);
-    const [qmpPort, hmpPort] = [await freeLoopbackPort(), await freeLoopbackPort()];
+    const qmpPorts: number[] = [];
+    for (let i = 0; i < TRIES; i++) qmpPorts.push(await freeLoopbackPort());
+    const hmpPort = await freeLoopbackPort();
     const { features } = await probeArch('x86_64');
-    const m = await machines.launch({
-      arch: 'x86_64',
-      machine: { type: 'none' },
-      paused: true,
-      extraArgs: [
-        '-chardev', `socket,id=wsq,host=127.0.0.1,port=${qmpPort},server=on,wait=off,websocket=on`,
-        ...monitorArgs(features, 'mq', 'qmp', 'wsq'),
-        '-chardev', `socket,id=wsh,host=127.0.0.1,port=${hmpPort},server=on,wait=off,websocket=on`,
-        ...monitorArgs(features, 'mh', 'hmp', 'wsh'),
-      ],
-    });
+    const m = await machines.launch({ arch: 'x86_64', machine: { type: 'none' }, paused: true, extraArgs: websocketMonitorArgs(features, qmpPorts, hmpPort) });
     const v = m.qmp.greeting.version.qemu;
-    const q = await wsClient(`ws://127.0.0.1:${qmpPort}/`, {}, 'binary');
-    expect(await q.next()).to.include('"QMP"');
-    q.sendBinary('{"execute": "qmp_capabilities", "id": 1}\n');
-    const reply = await q.next(2000).catch(() => undefined);
-    q.close();
-    // Through 11.1 the defect is known (facts §10); a newer QEMU may have fixed it, so there
-    // this test cannot say what is right: it says what it saw and skips below, after HMP.
+    const { greeting, replies } = await qmpOverWebsocketTries(qmpPorts);
+    expect(greeting).to.include('"QMP"');
+    // Every answer that does come is the right one: the transport is not garbling frames.
+    for (const r of replies.filter((x) => x !== undefined)) expect(JSON.parse(r!)).to.deep.equal({ return: {}, id: 1 });
+    const unanswered = replies.filter((r) => r === undefined).length;
+    // Through 11.1 the defect is known (facts §10) and it is a race: one CI run saw 10.0.13
+    // answer, so one connection proves nothing; five fresh ones, any unanswered, do. A newer
+    // QEMU may have fixed it: there this test cannot say what is right, it says what it saw.
     const known = v.major < 11 || (v.major === 11 && v.minor <= 1);
-    if (known) expect(reply, `QEMU ${v.major}.${v.minor}.${v.micro} answered over its websocket chardev; update facts §10`).to.equal(undefined);
+    if (known) expect(unanswered, `QEMU ${v.major}.${v.minor}.${v.micro} answered on all ${TRIES} websocket chardevs; update facts §10`).to.be.greaterThan(0);
     const h = await wsClient(`ws://127.0.0.1:${hmpPort}/`, {}, 'binary');
     let banner = '';
     while (!banner.includes('(qemu)')) banner += await h.next();
@@ -93,7 +86,7 @@ describe('QMP over WebSocket', function () {
     if (!known) {
       skipBecause(
         this,
-        `QEMU ${v.major}.${v.minor}.${v.micro} is newer than the releases known to have the websocket QMP defect; it ${reply === undefined ? 'did not answer' : 'answered'} (HMP answered); \`harness repro qmp-websocket-chardev\` judges it`,
+        `QEMU ${v.major}.${v.minor}.${v.micro} is newer than the releases known to have the websocket QMP defect; ${unanswered} of ${TRIES} connections went unanswered (HMP answered); \`harness repro qmp-websocket-chardev\` judges it`,
       );
     }
   });
