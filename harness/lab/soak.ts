@@ -165,3 +165,21 @@ export function formatSoakFigures(f: SoakFigures): string {
     `  trace: ${f.first.traceLines} -> ${f.last.traceLines} lines (${f.traceLinesPerCycle.toFixed(1)} per cycle)${f.last.kernelRecords === undefined ? '' : `; kernel answers in the last cycle: ${f.last.kernelRecords}`}`,
   ].join('\n');
 }
+
+/**
+ * The Node flags the process that runs the soak gets (`harness run` adds them,
+ * harness/cli/soak-node.ts): a fixed 1 MiB young generation, and garbage
+ * collection on the main thread only. Without them V8 resizes its young
+ * generation in steps of megabytes and its background threads give pages back
+ * at moments the sample races, and the RSS slope of the same 550 cycles read
+ * anywhere from -0.19 to 2.73 KiB/cycle; with them -0.86 to 0.89 (L0, real
+ * QEMU, device_add/device_del of an e1000e). They change how V8 sizes and
+ * sweeps its heap, not what the harness keeps: the heap slope is the same
+ * (0.22-0.24 KiB/cycle) either way.
+ */
+export const SOAK_NODE_FLAGS: readonly string[] = ['--single-threaded-gc', '--min-semi-space-size=1', '--max-semi-space-size=1'];
+
+/** The soak flags `execArgv` lacks. */
+export function missingSoakNodeFlags(execArgv: readonly string[] = process.execArgv): string[] {
+  return SOAK_NODE_FLAGS.filter((f) => !execArgv.includes(f));
+}

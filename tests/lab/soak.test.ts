@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { useLabHost } from '../../harness/lab/fixture.js';
 import { skipBecause } from '../../harness/report/skip.js';
 import { formatsFor, spareRootPort, vfioPciDevice, type L2Spec } from '../../harness/lab/l2.js';
-import { formatSoakFigures, SOAK_SUITE, type SoakSample, soakCycles, soakFigures, TraceWindow } from '../../harness/lab/soak.js';
+import { formatSoakFigures, missingSoakNodeFlags, SOAK_SUITE, type SoakSample, soakCycles, soakFigures, TraceWindow } from '../../harness/lab/soak.js';
 import { collectGarbage, fdsOf, rssKiB } from '../../harness/util/process-stats.js';
 import { loadConfig } from '../../harness/viommu/configs.js';
 
@@ -80,6 +80,7 @@ describe(SOAK_SUITE, function () {
     // (1.15 KiB/cycle one time, 0.57 another, for the same code), so the bound is judged only
     // over the issue's 500 cycles (`npm run soak`); a shorter run is a counted skip, not a pass.
     if (cycles < 500) skipBecause(this, `the RSS bound is judged over 500 cycles or more (npm run soak); this run has ${cycles}`);
+    expect(missingSoakNodeFlags(), "the soak's Node flags (harness run adds them; harness/lab/soak.ts says why)").to.deep.equal([]);
     expect(figures, 'figures of the soak above (did it run to its end?)').to.not.equal(undefined);
     expect(figures!.harnessRssSlopeKiB, `harness RSS growth after ${figures!.warmup} warm-up cycles, KiB per cycle (least squares)`).to.be.below(1);
   });

@@ -1,0 +1,41 @@
+/**
+ * A run that carries the soak (the lab suite with $HARNESS_SOAK_CYCLES set)
+ * runs itself again under SOAK_NODE_FLAGS (harness/lab/soak.ts): V8's heap
+ * sizing is fixed when Node starts, so the flags cannot be set from inside.
+ * The child is the run: it gets the same arguments and environment, and dies
+ * with this process (the parent-death helper); signals sent to this process
+ * reach it once (it has a process group of its own, so a terminal's Ctrl-C
+ * is not delivered twice: the run's second SIGINT means "kill now").
+ */
+import { spawn } from 'node:child_process';
+import { constants } from 'node:os';
+import { missingSoakNodeFlags } from '../lab/soak.js';
+import { withParentDeath } from '../qemu/parent-death.js';
+
+/** True where this process should hand the run to a child with the soak's Node flags. */
+export function needsSoakNodeFlags(o: { soakCycles: string | undefined; suites: readonly string[]; execArgv?: readonly string[] }): boolean {
+  // Only where the soak test runs in this process: the lab suite (on a lab host, or in L1). L0's
+  // run of the virtual lab passes the cycles on to L1, whose own harness run re-runs itself.
+  return o.soakCycles !== undefined && o.soakCycles !== '' && o.suites.includes('lab') && missingSoakNodeFlags(o.execArgv).length > 0;
+}
+
+/** Runs this CLI again with `argv` under the soak's Node flags; resolves with the child's exit status. */
+export function rerunWithSoakNodeFlags(argv: readonly string[]): Promise<number> {
+  const script = process.argv[1];
+  if (!script) throw new Error('cannot run the harness again under the soak flags: process.argv[1] (the CLI script) is missing');
+  const { command, args } = withParentDeath(process.execPath, [...process.execArgv, ...missingSoakNodeFlags(), script, ...argv]);
+  const child = spawn(command, args, { stdio: 'inherit', detached: true });
+  const forward = (sig: NodeJS.Signals) => () => {
+    child.kill(sig);
+  };
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+  const handlers = signals.map((s) => [s, forward(s)] as const);
+  for (const [s, h] of handlers) process.on(s, h);
+  return new Promise((resolve, reject) => {
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
+      for (const [s, h] of handlers) process.off(s, h);
+      resolve(code ?? 128 + (signal ? constants.signals[signal] : 0));
+    });
+  });
+}
