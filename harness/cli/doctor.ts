@@ -19,7 +19,7 @@ export const DOCTOR: CommandSpec = {
   options: {
     json: { type: 'boolean', help: 'JSON instead of a table' },
     profile: { type: 'string', value: 'PATH|NAME', help: 'host profile (a path, or a name from qemu-configs/hosts); default $HARNESS_HOST_PROFILE' },
-    bind: { type: 'boolean', help: "bind the profile's devices to vfio-pci for IOMMU_GET_HW_INFO, then give them back" },
+    bind: { type: 'boolean', help: "bind the profile's devices to vfio-pci for IOMMU_GET_HW_INFO, then give them back; leased as a lab run leases them, so a device another run holds is left to it, naming its PID" },
     'hwpt-flags': { type: 'string', value: '0x0,0x8,...', help: 'with --bind (or devices already on vfio-pci): IOMMU_HWPT_ALLOC flags to try' },
     checklist: { type: 'boolean', help: 'only the lab-machine checklist (kernel options, command line, modules, permissions), each item checked here, with the fix for what is not met' },
     root: { type: 'string', value: 'DIR', help: 'read sys/, dev/, proc/ (and boot/) below DIR instead of / (fake hosts in tests)' },

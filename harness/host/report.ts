@@ -19,6 +19,7 @@ import { extCapsUnreadableReason, summarizeExtCaps, type ExtCapsSummary } from '
 import { platformArch, resolveAccel, type DeviceRole, type HostProfile } from './profile.js';
 import { hostPaths, iommufdVfioState, listIommus, readPciConfig, readPciDevice, type HostPaths, type IommufdVfioState, type IommuKind } from './sysfs.js';
 import { VfioBinder, type BinderOptions } from './vfio-bind.js';
+import { DeviceLeases, leaseAndBind } from './lease.js';
 import { openKernelAnswers } from './kernel-answers.js';
 
 export interface VtdReport {
@@ -112,6 +113,13 @@ export interface ProbeHostOptions {
   /** Bind the profile's devices to vfio-pci for the hw info, and give them back. */
   bind?: boolean;
   binder?: Omit<BinderOptions, 'paths'>;
+  /**
+   * With bind: the leases a lab run takes too (default: the machine's, leaseDir()), so doctor never
+   * binds a device a run holds, nor a run one doctor holds; a device leased elsewhere is waited for
+   * up to `leaseWaitMs` (default $HARNESS_LEASE_WAIT_MS), then left unbound, naming the holder's PID.
+   */
+  leases?: DeviceLeases;
+  leaseWaitMs?: number;
   /** IOMMU_HWPT_ALLOC flags to try on each bound device. */
   hwptFlags?: number[];
   probeTool?: string;
@@ -268,15 +276,21 @@ export async function probeHost(opts: ProbeHostOptions = {}): Promise<HostReport
     report.devices = profile.devices.map((d) => deviceReport(p, d));
     let binder: VfioBinder | undefined;
     let removeHandlers: (() => void) | undefined;
+    // After the binder's handlers (installed first), so its exit handler gives the devices back before the leases go.
+    const leases = opts.bind ? (opts.leases ?? new DeviceLeases()) : undefined;
+    const leasedElsewhere = new Map<string, string>();
     try {
       if (opts.bind) {
         binder = new VfioBinder(profile, { ...opts.binder, paths: p });
         removeHandlers = binder.installSignalHandlers();
         const present = report.devices.filter((d) => d.exists).map((d) => d.bdf);
         try {
-          for (const b of await binder.bind(present)) {
-            const r = report.devices.find((d) => d.bdf === b.bdf)!;
-            r.cdev = b.cdev;
+          const { bound, elsewhere } = await leaseAndBind(binder, leases!, present, opts.leaseWaitMs);
+          for (const b of bound) report.devices.find((d) => d.bdf === b.bdf)!.cdev = b.cdev;
+          for (const [bdf, reason] of elsewhere) {
+            leasedElsewhere.set(bdf, reason);
+            report.devices.find((d) => d.bdf === bdf)!.problems.push(`not bound: ${reason}`);
+            opts.binder?.log?.(`not binding ${bdf}: ${reason}`);
           }
         } catch (e) {
           for (const r of report.devices) r.problems.push(`binding for hw info: ${(e as Error).message}`);
@@ -284,7 +298,9 @@ export async function probeHost(opts: ProbeHostOptions = {}): Promise<HostReport
       }
       for (const r of report.devices) {
         if (!r.exists) continue;
-        if (r.cdev) await addHwInfo(r, r.cdev, opts);
+        const elsewhere = leasedElsewhere.get(r.bdf);
+        if (elsewhere) r.hwInfo = { ok: false, reason: `not bound for the probe: ${elsewhere}` };
+        else if (r.cdev) await addHwInfo(r, r.cdev, opts);
         else
           r.hwInfo = {
             ok: false,
@@ -298,6 +314,7 @@ export async function probeHost(opts: ProbeHostOptions = {}): Promise<HostReport
       if (binder) {
         for (const res of binder.restoreAll()) if (!res.ok) report.devices.find((d) => d.bdf === res.bdf)?.problems.push(`giving back: ${res.detail}`);
       }
+      leases?.releaseAll();
       removeHandlers?.();
     }
   }

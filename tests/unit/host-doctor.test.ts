@@ -1,11 +1,13 @@
 import { expect } from 'chai';
 import { execa } from 'execa';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { doctorCommand, hostPrerequisites, probeHost } from '../../harness/cli/doctor.js';
+import { DeviceLeases } from '../../harness/host/lease.js';
 import { validateProfile, type HostProfile } from '../../harness/host/profile.js';
+import { processStart } from '../../harness/util/owner.js';
 import { repoRoot } from '../../harness/util/paths.js';
 import { ATS, FakeHost, L1_CAP, L1_ECAP, PASID_20, pcieConfig, PRI } from '../fixtures/host/fake-sysfs.js';
 
@@ -145,7 +147,7 @@ describe('host doctor', () => {
     writeFileSync(tool, `#!/bin/sh\n[ -e "$4" ] || exit 9\nif [ "$1" = hw-info ]; then echo '${out('hw-info')}'; else echo '${out('hwpt')}'; fi\n`);
     chmodSync(tool, 0o755);
     const profile = labProfile([{ bdf: '0000:02:00.0', role: 'no-pasid' }]);
-    const r = await probeHost({ paths: fake.paths, profile, kvmReason: null, probeTool: tool, bind: true, hwptFlags: [0, 1], binder: { writer: fake.writer, journal: join(root, 'journal.jsonl') } });
+    const r = await probeHost({ paths: fake.paths, profile, kvmReason: null, probeTool: tool, bind: true, hwptFlags: [0, 1], binder: { writer: fake.writer, journal: join(root, 'journal.jsonl') }, leases: new DeviceLeases(join(root, 'leases')) });
     const d = r.devices[0]!;
     expect(d.problems).to.deep.equal([]);
     expect(d.cdev).to.equal(join(root, 'dev/vfio/devices/vfio0'));
@@ -155,6 +157,57 @@ describe('host doctor', () => {
     const pre = hostPrerequisites(r);
     expect(pre.nesting).to.deep.equal({ ok: false, reason: 'host IOMMU dmar0 has no nesting (ecap.NEST=0, IOMMU_GET_HW_INFO for 0000:02:00.0)' });
     expect(pre.dirtyTracking).to.deep.equal({ ok: false, reason: 'IOMMU_GET_HW_INFO for 0000:02:00.0 reports no IOMMU_HW_CAP_DIRTY_TRACKING' });
+  });
+
+  it('doctor --bind takes the lab runs’ lease: a device another run holds is waited for, then left unbound, naming its PID, and the holder keeps it', async () => {
+    l1();
+    const profilePath = join(root, 'lab.yaml');
+    writeFileSync(profilePath, 'name: fake-l1\nplatform: vtd\naccel: tcg\ndevices:\n  - {bdf: "01:00.0", role: no-pasid, name: e1000e}\n');
+    // The other run: a live process of its own, holding the device's lease as a lab run would.
+    const other = execa('sleep', ['30']);
+    const leases = join(root, 'leases');
+    mkdirSync(leases);
+    const lease = join(leases, '0000:01:00.0.lease');
+    writeFileSync(lease, `${JSON.stringify({ pid: other.pid, start: processStart(other.pid!), time: 'then' })}\n`);
+    const saved = { dir: process.env.HARNESS_LEASE_DIR, wait: process.env.HARNESS_LEASE_WAIT_MS };
+    process.env.HARNESS_LEASE_DIR = leases;
+    process.env.HARNESS_LEASE_WAIT_MS = '300';
+    try {
+      const t = capture();
+      const t0 = Date.now();
+      expect(await doctorCommand(['--root', root, '--profile', profilePath, '--bind'], t.io)).to.equal(0);
+      expect(Date.now() - t0, 'waited for the holder').to.be.at.least(290);
+      const why = `device 0000:01:00.0 is leased by run PID ${other.pid} (since then; waited 300 ms)`;
+      expect(t.out()).to.include(`problem: not bound: ${why}`);
+      expect(t.err()).to.include(`harness doctor: not binding 0000:01:00.0: ${why}`);
+      expect(fake.driverOf('0000:01:00.0'), 'left to its holder').to.equal('e1000e');
+      expect(JSON.parse(readFileSync(lease, 'utf8')).pid, 'the holder keeps its lease').to.equal(other.pid);
+    } finally {
+      for (const [k, v] of [['HARNESS_LEASE_DIR', saved.dir], ['HARNESS_LEASE_WAIT_MS', saved.wait]] as const) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+      other.kill('SIGKILL');
+      await other.catch(() => {});
+    }
+  });
+
+  it('doctor --bind holds the lease while the device is bound, so a lab run cannot take it then; released after', async () => {
+    fake.enableIommufd();
+    fake.addDevice({ bdf: '0000:02:00.0', driver: 'igb', group: 2 });
+    const dir = join(root, 'leases');
+    const seen: Array<number | undefined> = [];
+    const holder = () => new DeviceLeases(dir).holder('0000:02:00.0')?.pid;
+    const profile = labProfile([{ bdf: '0000:02:00.0', role: 'no-pasid' }]);
+    // The binder's log line for the bind is written while the device is on vfio-pci.
+    const log = (l: string) => {
+      if (l.includes('→ vfio-pci')) seen.push(holder());
+    };
+    const r = await probeHost({ paths: fake.paths, profile, kvmReason: null, probeTool: noTool, bind: true, binder: { writer: fake.writer, journal: join(root, 'journal.jsonl'), log }, leases: new DeviceLeases(dir) });
+    expect(r.devices[0]!.problems).to.deep.equal([]);
+    expect(seen, 'the lease holder while bound').to.deep.equal([process.pid]);
+    expect(holder(), 'released after').to.equal(undefined);
+    expect(fake.driverOf('0000:02:00.0')).to.equal('igb');
   });
 
   it('prints JSON with --json and a table without, from a profile file and a fake root', async () => {
