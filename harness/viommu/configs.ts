@@ -91,6 +91,8 @@ export function validateConfig(name: string, raw: unknown, where = name): Viommu
     for (const [f, val] of Object.entries(v.features as object)) {
       if (!specs![f]) bad(`viommu.features.${f}`, `is not a ${driver} feature (known: ${Object.keys(specs!).join(', ')})`);
       if (!['string', 'number', 'boolean'].includes(typeof val)) bad(`viommu.features.${f}`, 'must be a string, number or boolean');
+      const values = specs![f]!.values;
+      if (values && !values.accepts(val as PropValue)) bad(`viommu.features.${f}`, `must be ${values.says}, not ${JSON.stringify(val)}`);
     }
   }
   if (c.requires !== undefined && !(Array.isArray(c.requires) && c.requires.every((r) => typeof r === 'string'))) {

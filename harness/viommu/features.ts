@@ -20,7 +20,17 @@ export interface Spelling {
 export interface FeatureSpec {
   description: string;
   spellings: Spelling[];
+  /** The values a config may give (checked when a config loads); absent: any string, number or boolean. */
+  values?: { accepts(v: PropValue): boolean; says: string };
 }
+
+/** QEMU's OnOffAuto, as a config may write it (a bool is on/off). */
+const ON_OFF_AUTO = { accepts: (v: PropValue) => typeof v === 'boolean' || v === 'on' || v === 'off' || v === 'auto', says: 'on, off, auto or a boolean' };
+/** A number from a list, or "auto" (arm-smmuv3's OasMode, SsidSizeMode). */
+const numberOrAuto = (ok: (n: number) => boolean, says: string) => ({
+  accepts: (v: PropValue) => v === 'auto' || (typeof v === 'number' && Number.isInteger(v) && ok(v)),
+  says: `${says} or "auto"`,
+});
 
 const same = (p: string): Spelling => ({ property: p });
 const bitsAsBool = (p: string): Spelling => ({
@@ -45,12 +55,16 @@ export const INTEL_IOMMU_FEATURES: Record<string, FeatureSpec> = {
 
 export const ARM_SMMUV3_FEATURES: Record<string, FeatureSpec> = {
   accel: { description: 'hardware-accelerated nested translation', spellings: [same('accel')] },
-  ssidsize: { description: 'substream ID (PASID) width', spellings: [same('ssidsize')] },
-  ats: { description: 'ATS', spellings: [same('ats')] },
-  ril: { description: 'range invalidation', spellings: [same('ril')] },
-  oas: { description: 'output address size', spellings: [same('oas')] },
+  ssidsize: {
+    description: 'substream ID (PASID) width',
+    spellings: [same('ssidsize')],
+    values: numberOrAuto((n) => n >= 0 && n <= 20, 'a whole number of bits from 0 to 20'),
+  },
+  ats: { description: 'ATS', spellings: [same('ats')], values: ON_OFF_AUTO },
+  ril: { description: 'range invalidation', spellings: [same('ril')], values: ON_OFF_AUTO },
+  oas: { description: 'output address size', spellings: [same('oas')], values: numberOrAuto((n) => n === 44 || n === 48, '44 or 48') },
   stage: { description: 'translation stage', spellings: [same('stage')] },
-  cmdqv: { description: 'Tegra241 CMDQV', spellings: [same('cmdqv')] },
+  cmdqv: { description: 'Tegra241 CMDQV', spellings: [same('cmdqv')], values: ON_OFF_AUTO },
   primaryBus: { description: 'the PCI bus it translates for', spellings: [same('primary-bus')] },
 };
 

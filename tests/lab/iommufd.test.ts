@@ -132,6 +132,37 @@ describe('iommufd: several devices, bridges', function () {
     expect(new Set(model.attaches.map((a) => a.targetId)).size, 'distinct attach targets').to.equal(2);
   });
 
+  it('arm-smmuv3 accel=on, two devices behind one vSMMU: one vIOMMU and one abort/bypass pair, made for the first device; the second reuses its parent HWPT and is reset onto its bypass HWPT', async function () {
+    const config = loadConfig('arm-smmuv3-accel');
+    lab.requireConfig(this, config);
+    const among = lab.host.passThrough.filter((d) => d.role !== 'behind-bridge');
+    const [first, second] = await lab.host.devices(this, among, 2, `host profile ${lab.host.profile.name} lists fewer than two devices to pass through`);
+    const devices = [first!, second!].map((d, i) => ({ bdf: d.bdf, id: `hostdev${i}` }));
+    const caps = [await lab.host.hostCaps(this, first!.cdev), await lab.host.hostCaps(this, second!.cdev)];
+    const oracle1 = expectHwpt(oracleViommu(config), caps[0]!);
+    const oracle2 = expectHwpt(oracleViommu(config), caps[1]!, { secondDevice: true });
+    const model = await lab.model(await lab.launchL2({ config, devices }));
+    const [id1, id2] = [model.devIdOf(first!.bdf)!, model.devIdOf(second!.bdf)!];
+    // smmuv3_accel_set_iommu_device: the first device allocates the vIOMMU (smmuv3_accel_alloc_viommu)...
+    expect(model).to.have.smmuAccelSequence(oracle1, { devId: id1 });
+    // ...a later one finds s_accel->viommu and only joins the device list: no vIOMMU, no abort/bypass of its own.
+    expect(oracle2.smmu!.allocatesViommu).to.equal(false);
+    expect(model.viommus.map((v) => v.devId), 'alloc_viommu lines (dev_id)').to.deep.equal([id1]);
+    const viommu = model.viommus[0]!;
+    expect(model.hwptAllocs.filter((h) => h.ptKind === 'viommu').map((h) => h.devId), 'HWPTs on the vIOMMU (dev_id)').to.deep.equal([id1, id1]);
+    // Both sit in shared_as_sysmem (smmuv3_accel_find_add_as), so one container: the second
+    // device attaches to the first one's nesting parent where the kernel lets it (the same host SMMU).
+    expect(model).to.have.requestedPerOracle(oracle2, { devId: id2 });
+    const parent = model.hwptAllocs.find((h) => h.devId === id1 && h.role === 'parent' && h.ok)!;
+    expect(viommu.hwptId, 'the vIOMMU on the first device’s parent').to.equal(parent.id);
+    expect(model.smmuDevices.filter((d) => d.op === 'set').map((d) => d.devId), 'smmuv3_accel_set_iommu_device (devid)').to.have.members([id1, id2]);
+    // System reset (smmuv3_accel_reset → smmuv3_accel_attach_gbpa_hwpt) attaches every device
+    // of the list to the HWPT GBPA names: bypass after reset. The second device's last attach is there.
+    const bypass = model.hwptAllocs.filter((h) => h.ptKind === 'viommu' && h.ptId === viommu.id)[1]!;
+    const last = model.attaches.filter((a) => a.devId === id2).at(-1);
+    expect(last?.targetId, `the second device's last attach (${JSON.stringify(model.attaches.map((a) => [a.devId, a.targetId]))})`).to.equal(bypass.id);
+  });
+
   it('fsts=on, device behind a conventional PCI bridge: refused with the bridge message where the kernel grants the nesting parent; else the kernel’s refusal comes first', async function () {
     const dev = await lab.host.device(this, 'no-pasid');
     const config = loadConfig('intel-iommu-scalable-fsts');

@@ -107,3 +107,53 @@ describe('realize errors triggered on a real IOMMU', function () {
     expect(error.stderr).to.include(`PASID bits size ${hostBits + 1} > host IOMMU PASID bits size ${hostBits}`);
   });
 });
+
+/**
+ * arm-smmuv3 accel=on refusals that only a QEMU under KVM (with an in-kernel
+ * irqchip) reaches: under TCG realize stops earlier at "SMMUv3 accel=on
+ * requires KVM" (tests/qemu/viommu-realize.test.ts). The explicit-properties
+ * config keeps the auto properties' own refusal (no cold-plugged VFIO
+ * device, exit from smmuv3_accel_machine_done; the matrix's hot-plug test)
+ * out of the way. Each is a cold-plug refusal: QEMU exits 1, having asked
+ * iommufd for nothing.
+ */
+describe('arm-smmuv3 accel=on realize errors under KVM', function () {
+  this.timeout(300_000);
+  const lab = useLabHost();
+  const config = loadConfig('arm-smmuv3-accel-explicit');
+
+  async function refusedBefore(spec: L2Spec, message: string) {
+    const { error, model } = await lab.launch(spec);
+    expect(error, 'L2 launch should have failed').to.be.instanceOf(LaunchError);
+    expect(error!.stderr).to.include(message);
+    expect(error!.exit?.code, 'QEMU exits 1').to.equal(1);
+    expect(model.hwptAllocs, 'refused before any HWPT request').to.have.length(0);
+    expect(model.viommus, 'refused before any vIOMMU').to.have.length(0);
+    expect(model).to.have.freedEverything();
+  }
+
+  it('a device-tree boot (-machine acpi=off): “SMMUv3 with accel=on not supported for DT”', async function () {
+    lab.requireConfig(this, config);
+    // The SMMU is described to the guest by ACPI IORT only; virt refuses it where there will be no ACPI tables.
+    const dt: ViommuConfig = { ...config, machine: { ...config.machine, props: { ...config.machine.props, acpi: 'off' } } };
+    await refusedBefore({ config: dt, spareRootPorts: 1 }, 'SMMUv3 with accel=on not supported for DT');
+  });
+
+  it('an emulated endpoint (e1000e) behind the accel SMMU: “Emulated endpoint devices are not allowed when using arm-smmuv3,accel=on”', async function () {
+    lab.requireConfig(this, config);
+    // smmuv3_accel_supports_as admits bridges, pxb-pcie and the GPEX root only, and vfio-pci with an iommufd backend.
+    await refusedBefore(
+      { config, spareRootPorts: 1, extraDevices: [{ driver: 'e1000e', id: 'emul0', bus: 'rp0', romfile: '' }] },
+      'Emulated endpoint devices are not allowed when using arm-smmuv3,accel=on',
+    );
+  });
+
+  it('vfio-pci on the legacy VFIO container (no iommufd=) behind the accel SMMU: “vfio-pci endpoint devices without an iommufd backend not allowed”', async function () {
+    lab.requireConfig(this, config);
+    const dev = await lab.host.device(this, 'no-pasid');
+    await refusedBefore(
+      { config, spareRootPorts: 1, extraDevices: [{ driver: 'vfio-pci', id: 'hostdev0', bus: 'rp0', host: dev.bdf }] },
+      'vfio-pci endpoint devices without an iommufd backend not allowed when using arm-smmuv3,accel=on',
+    );
+  });
+});

@@ -1,5 +1,6 @@
 import { expect } from 'chai';
 import type { DeviceProperty } from '../../harness/qmp/client.js';
+import { smmuAutoProperties } from '../../harness/lab/smmu.js';
 import { coerceToPropertyType, ConfigError, listConfigs, loadConfig, resolveConfig, validateConfig, ViommuFeatureError } from '../../harness/viommu/configs.js';
 import { featureNames } from '../../harness/viommu/features.js';
 import type { QemuProbe } from '../../harness/viommu/probe.js';
@@ -83,5 +84,23 @@ describe('vIOMMU configs and property names', () => {
       ConfigError,
       /field viommu.features.flts is not a intel-iommu feature/,
     );
+  });
+
+  it('names the arm-smmuv3 accel properties a config leaves auto (those that make QEMU need a cold-plugged VFIO device)', () => {
+    expect(smmuAutoProperties(loadConfig('arm-smmuv3-accel'))).to.deep.equal(['ats', 'ril', 'ssidsize']);
+    expect(smmuAutoProperties(loadConfig('arm-smmuv3-accel-ssid'))).to.deep.equal(['ats', 'ril']);
+    expect(smmuAutoProperties(loadConfig('arm-smmuv3-accel-explicit'))).to.deep.equal([]);
+    expect(smmuAutoProperties(loadConfig('arm-smmuv3-emulated')), 'accel=off has no auto mode').to.deep.equal([]);
+    expect(smmuAutoProperties(loadConfig('intel-iommu-scalable-fsts'))).to.deep.equal([]);
+  });
+
+  it('checks arm-smmuv3 accel property values when a config loads, naming the field', () => {
+    const arm = (features: Record<string, unknown>) => ({ description: 'd', arch: 'aarch64', machine: { type: 'virt' }, viommu: { driver: 'arm-smmuv3', features } });
+    expect(() => validateConfig('c', arm({ oas: 40 }))).to.throw(ConfigError, /field viommu.features.oas must be 44 or 48 or "auto", not 40/);
+    expect(() => validateConfig('c', arm({ ssidsize: 21 }))).to.throw(ConfigError, /field viommu.features.ssidsize must be a whole number of bits from 0 to 20 or "auto", not 21/);
+    expect(() => validateConfig('c', arm({ ats: 'yes' }))).to.throw(ConfigError, /field viommu.features.ats must be on, off, auto or a boolean, not "yes"/);
+    expect(() => validateConfig('c', arm({ cmdqv: 1 }))).to.throw(ConfigError, /field viommu.features.cmdqv must be on, off, auto or a boolean, not 1/);
+    expect(validateConfig('c', arm({ ats: false, ril: 'auto', oas: 48, ssidsize: 0, cmdqv: 'off' })).viommu!.features).to.include({ oas: 48, ssidsize: 0 });
+    expect(loadConfig('arm-smmuv3-accel-explicit').viommu!.features).to.include({ ats: 'off', ril: 'off', oas: 44, ssidsize: 0, cmdqv: 'off' });
   });
 });

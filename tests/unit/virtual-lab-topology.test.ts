@@ -98,7 +98,7 @@ describe('virtual lab topology', () => {
     expect(VTD_LAB_PLATFORM.describe({ image, resultsDir: '/r' }, [])).to.deep.equal(virtualLabDescription({ image, resultsDir: '/r' }));
     expect(VTD_LAB_PLATFORM.hostProfile).to.equal(join(repoRoot, 'qemu-configs', 'hosts', 'virtual-lab.yaml'));
     const arm = ARM64_LAB_PLATFORM.describe({ platform: ARM64_LAB_PLATFORM, image, resultsDir: '/r' }, []);
-    expect(arm.devices!.map((x) => x.id ?? x.driver)).to.deep.equal(['rp0', 'lab-e1000e']);
+    expect(arm.devices!.map((x) => x.id ?? x.driver)).to.deep.equal(['rp0', 'rp1', 'lab-e1000e', 'lab-igb']);
     expect(arm.resultsShare).to.deep.equal({ hostPath: '/r', guestPath: '/mnt' });
     expect(arm.append).to.deep.equal([]);
     expect(ARM64_LAB_PLATFORM.defaultVfioUser).to.deep.equal([]);

@@ -2,7 +2,7 @@ import type { GuestOptions } from '../../guest/boot.js';
 import type { DeviceSpec } from '../../qemu/argv.js';
 import { rootPorts } from '../../qemu/topology.js';
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { bootGuest, guestDescription } from '../../guest/boot.js';
 import type { GuestImage } from '../../guest/image.js';
@@ -37,7 +37,11 @@ export type Arm64LabDevice = LabDevice;
  * behind QEMU's SMMUv3 (it refuses the MAP notifier a VFIO container needs,
  * facts §11), so the arm64 lab has emulated endpoints only.
  */
-export const DEFAULT_ARM64_LAB_DEVICES: Arm64LabDevice[] = [{ name: 'e1000e', device: { driver: 'e1000e', romfile: '' } }];
+export const DEFAULT_ARM64_LAB_DEVICES: Arm64LabDevice[] = [
+  { name: 'e1000e', device: { driver: 'e1000e', romfile: '' } },
+  // A second endpoint for the two-device scenarios (one vSMMU, two vfio-pci devices).
+  { name: 'igb', device: { driver: 'igb', romfile: '' } },
+];
 
 export interface Arm64L1Options {
   /** Devices added after the lab devices (each gets one more root port; give them their own bus). */
@@ -147,6 +151,8 @@ export async function arm64LabImage(launch: (d: MachineDescription) => Promise<M
   let dumpMs = 0;
   const override = await iortOverride(key, async () => {
     const t0 = Date.now();
+    // The dump's L1 shares the results folder too (same layout), before VirtualLab.start has made it.
+    if (o.resultsDir) mkdirSync(o.resultsDir, { recursive: true });
     const g = await bootGuest(launch, l1, { readyTimeoutMs: 120_000 });
     try {
       return await readL1Iort(g.agent);

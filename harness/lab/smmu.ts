@@ -1,0 +1,25 @@
+import type { ViommuConfig } from '../viommu/configs.js';
+
+/**
+ * What arm-smmuv3 accel=on does with its `auto` properties, read from
+ * hw/arm/smmuv3-accel.c:
+ * - smmuv3_accel_init sets auto_mode when ats, ril or ssidsize is `auto`
+ *   (their default), and then arms a machine-init-done notifier;
+ * - the first cold-plugged vfio-pci device's set_iommu_device resolves them
+ *   from the host SMMU's IDRs (smmuv3_accel_auto_finalise, from
+ *   smmuv3_accel_check_hw_compatible), once, and a hot-plugged device reuses
+ *   those values;
+ * - smmuv3_accel_machine_done, when nothing resolved them, reports
+ *   SMMU_AUTO_NEEDS_COLD_PLUG and calls exit(1): QEMU never reaches its
+ *   monitor, so there is no machine to hot-plug into.
+ */
+export const SMMU_AUTO_PROPERTIES = ['ats', 'ril', 'ssidsize'] as const;
+
+export const SMMU_AUTO_NEEDS_COLD_PLUG = "arm-smmuv3 accel=on with 'auto' properties requires at least one cold-plugged VFIO device";
+
+/** The config's arm-smmuv3 accel properties left `auto` (unset is auto); [] for anything but arm-smmuv3 accel=on. */
+export function smmuAutoProperties(config: ViommuConfig): string[] {
+  const v = config.viommu;
+  if (v?.driver !== 'arm-smmuv3' || v.features.accel !== true) return [];
+  return SMMU_AUTO_PROPERTIES.filter((p) => v.features[p] === undefined || v.features[p] === 'auto');
+}
