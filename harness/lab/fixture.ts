@@ -180,13 +180,18 @@ export class LabFixture {
    * own platform (intel-iommu on a VT-d host, arm-smmuv3 on an SMMUv3 host),
    * a machine of the host's architecture, and KVM where the config needs it.
    */
+  /** The architecture of the L2s this host runs (an SMMUv3 host's are aarch64). */
+  get l2Arch(): 'x86_64' | 'aarch64' {
+    return this.host.profile.platform === 'smmuv3' ? 'aarch64' : 'x86_64';
+  }
+
   requireConfig(ctx: Mocha.Context, config: ViommuConfig): void {
     const host = this.host;
     const platform = platformOf(config);
     if (platform && platform !== host.profile.platform) {
       skipBecause(ctx, `${config.name} needs an ${platform} host; host profile ${host.profile.name} is ${host.profile.platform}`);
     }
-    const hostArch = host.profile.platform === 'smmuv3' ? 'aarch64' : 'x86_64';
+    const hostArch = this.l2Arch;
     if (config.arch !== hostArch) skipBecause(ctx, `${config.name} is an ${config.arch} machine; this ${host.profile.platform} host runs ${hostArch} L2s`);
     if (config.requires?.includes('kvm')) host.require(ctx, 'kvm');
   }
