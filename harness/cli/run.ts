@@ -43,7 +43,7 @@ import { startRunFiles } from '../report/run-files.js';
 import { startWatch, type WatchServer } from '../report/watch.js';
 import { interruptExitCode, interruption } from '../util/interrupt.js';
 import { artifactsRoot, runArtifactsDir } from '../util/paths.js';
-import { runTmpDir } from '../util/run-tmp.js';
+import { confineTmpdir } from '../util/run-tmp.js';
 import { parseReporter, REPORTER_ENV, REPORTERS } from '../report/output.js';
 import { parseTimeoutMultiplier, scaleMochaTimeouts, TIMEOUT_MULTIPLIER_ENV, timeoutMultiplier } from '../util/timeouts.js';
 import { EXIT, runCommandSpec, str, strs, UsageError, type CommandSpec, type Io, type Parsed } from './options.js';
@@ -235,6 +235,9 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
   // Before any file loads: mocha sets each test's timeout as the file registers it.
   scaleMochaTimeouts(Mocha.Runnable);
 
+  // Before any file loads: what the tests (and what they start) make in os.tmpdir() goes with the run,
+  // and the run folders a killed run left go first (runTmpDir sweeps them as it makes this run's).
+  confineTmpdir();
   const mocha = new Mocha({ reporter: HarnessReporter, timeout: 120_000, slow: 5_000 });
   const files = [...(suites.length || !specs.length ? suiteFiles(suites.length ? suites : SUITES) : []), ...specs];
   for (const f of files) mocha.addFile(f);
@@ -284,8 +287,6 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
     io.stderr.write(`harness run: ${qemus.broken}\n(exit ${EXIT.untestable}: this commit cannot be tested; git bisect run skips it)\n`);
     return EXIT.untestable;
   }
-  // Temp folders a killed run left (their owner dead) go first: runTmpDir sweeps them as it makes this run's.
-  runTmpDir();
   // Devices a killed run left on vfio-pci go back to their drivers first.
   if (profile) {
     const journal = process.env.HARNESS_VFIO_JOURNAL;

@@ -16,7 +16,7 @@ import { requireQemu } from '../../harness/testing/prereqs.js';
 import { sleep, withDeadline } from '../../harness/util/deadline.js';
 import { processStart } from '../../harness/util/owner.js';
 import { repoRoot } from '../../harness/util/paths.js';
-import { RUN_TMP_PREFIX } from '../../harness/util/run-tmp.js';
+import { RUN_TMP_PREFIX, systemTmpdir } from '../../harness/util/run-tmp.js';
 import { alive, descendants, stillAlive } from '../support/processes.js';
 
 const { QEMU: _q, QEMU_X86_64: _x, QEMU_AARCH64: _a, HARNESS_L2_QEMU_X86_64: _l, HARNESS_JUNIT: _j, ...baseEnv } = process.env;
@@ -63,7 +63,8 @@ const tmps = new Map<string, string>();
 function start(name: string, args: string[], env: Record<string, string> = {}): Child {
   const dir = join(root, name);
   mkdirSync(dir, { recursive: true });
-  const tmp = tmps.get(name) ?? mkdtempSync(join(tmpdir(), 'hi-'));
+  // In the system temp folder, not this run's (confined $TMPDIR): nested, the paths would not fit.
+  const tmp = tmps.get(name) ?? mkdtempSync(join(systemTmpdir(), 'hi-'));
   tmps.set(name, tmp);
   const marker = join(dir, 'marker.json');
   const proc = execa('node', [join(repoRoot, 'dist', 'harness', 'cli.js'), 'run', ...args], {

@@ -7,14 +7,13 @@
  */
 import { expect } from 'chai';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { requireGuestImage } from '../../harness/guest/image.js';
 import { requireQemu } from '../../harness/testing/prereqs.js';
 import { sleep, withDeadline } from '../../harness/util/deadline.js';
 import { repoRoot } from '../../harness/util/paths.js';
-import { RUN_TMP_PREFIX } from '../../harness/util/run-tmp.js';
+import { RUN_TMP_PREFIX, systemTmpdir } from '../../harness/util/run-tmp.js';
 import { descendants, stillAlive } from '../support/processes.js';
 
 const { HARNESS_JUNIT: _j, HARNESS_ARTIFACTS: _a, ...baseEnv } = process.env;
@@ -30,7 +29,8 @@ describe('a harness run SIGKILLed while L1 runs', function () {
   // Made in a hook: describe bodies also run where this file is only loaded (the child's --list of the suites).
   let root = '';
   before(() => {
-    root = mkdtempSync(join(tmpdir(), 'hk-'));
+    // In the system temp folder, not this run's (confined $TMPDIR): the child's socket paths below it must fit in 108 bytes.
+    root = mkdtempSync(join(systemTmpdir(), 'hk-'));
   });
   after(() => rmSync(root, { recursive: true, force: true }));
 
