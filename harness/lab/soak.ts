@@ -158,7 +158,7 @@ export function soakFigures(samples: readonly SoakSample[], warmup = soakWarmup(
 export function formatSoakFigures(f: SoakFigures): string {
   const kib = (n: number) => `${n.toFixed(2)} KiB/cycle`;
   return [
-    `soak: ${f.cycles} cycles (${f.msPerCycle.toFixed(0)} ms each), fit after ${f.warmup} warm-up cycles`,
+    `soak: ${f.cycles} cycles (${f.msPerCycle.toFixed(0)} ms each), fit after ${f.warmup} warm-up cycles; node ${process.execArgv.filter((a) => SOAK_NODE_FLAGS.includes(a)).join(' ') || '(without the soak flags)'}`,
     `  iommufd ids left live by the cycles: ${f.liveIdsTotal} in all, at most ${f.liveIdsMax} by one`,
     `  QEMU fds: ${f.first.qemuFds} -> ${f.last.qemuFds} (${f.qemuFdsLeaked >= 0 ? '+' : ''}${f.qemuFdsLeaked}); harness fds: ${f.first.harnessFds} -> ${f.last.harnessFds} (${f.harnessFdsLeaked >= 0 ? '+' : ''}${f.harnessFdsLeaked})`,
     `  harness RSS: ${f.first.harnessRssKiB} -> ${f.last.harnessRssKiB} KiB, slope ${kib(f.harnessRssSlopeKiB)} (heap ${f.first.harnessHeapKiB} -> ${f.last.harnessHeapKiB} KiB, ${kib(f.harnessHeapSlopeKiB)}); QEMU RSS: ${f.first.qemuRssKiB} -> ${f.last.qemuRssKiB} KiB, slope ${kib(f.qemuRssSlopeKiB)}`,
@@ -168,16 +168,20 @@ export function formatSoakFigures(f: SoakFigures): string {
 
 /**
  * The Node flags the process that runs the soak gets (`harness run` adds them,
- * harness/cli/soak-node.ts): a fixed 1 MiB young generation, and garbage
- * collection on the main thread only. Without them V8 resizes its young
- * generation in steps of megabytes and its background threads give pages back
- * at moments the sample races, and the RSS slope of the same 550 cycles read
- * anywhere from -0.19 to 2.73 KiB/cycle; with them -0.86 to 0.89 (L0, real
- * QEMU, device_add/device_del of an e1000e). They change how V8 sizes and
- * sweeps its heap, not what the harness keeps: the heap slope is the same
- * (0.22-0.24 KiB/cycle) either way.
+ * harness/cli/soak-node.ts), so that RSS shows what the harness keeps:
+ * - no optimizing compiler (--no-opt). TurboFan keeps making new optimized
+ *   code and deoptimization data for the same closures, cycle after cycle: in
+ *   a heap snapshot diff over 1000 cycles the new objects were that code, not
+ *   harness data. In the x86 lab's L1, 500 cycles: heap +0.33 KiB/cycle with
+ *   it, -0.015 without; RSS 2.94 KiB/cycle with it, 0.76 without.
+ * - a fixed 1 MiB young generation, and garbage collection on the main thread
+ *   only: otherwise V8 resizes the young generation in steps of megabytes and
+ *   background threads give pages back at moments the sample races (the RSS
+ *   slope of the same 550 cycles on L0 read -0.19 to 2.73 KiB/cycle).
+ * The price is time: a cycle took 453 ms without TurboFan, 352 ms with it
+ * (two L1 runs under TCG, so partly run-to-run spread).
  */
-export const SOAK_NODE_FLAGS: readonly string[] = ['--single-threaded-gc', '--min-semi-space-size=1', '--max-semi-space-size=1'];
+export const SOAK_NODE_FLAGS: readonly string[] = ['--no-opt', '--single-threaded-gc', '--min-semi-space-size=1', '--max-semi-space-size=1'];
 
 /** The soak flags `execArgv` lacks. */
 export function missingSoakNodeFlags(execArgv: readonly string[] = process.execArgv): string[] {
