@@ -180,7 +180,7 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
   const soakOnly = soakText !== undefined && !strs(values, 'suite').length && !strs(values, 'spec').length;
   const suites = soakOnly ? [str(values, 'profile') ? 'lab' : 'virtual-lab'] : strs(values, 'suite');
   for (const s of suites) if (!(SUITES as readonly string[]).includes(s)) throw new UsageError(`unknown suite ${JSON.stringify(s)} (known: ${SUITES.join(', ')})`);
-  if (!list && needsSoakNodeFlags({ soakCycles: process.env.HARNESS_SOAK_CYCLES, suites: suites.length ? suites : SUITES })) return rerunWithSoakNodeFlags(process.argv.slice(2));
+  if (!list && needsSoakNodeFlags({ suites: suites.length ? suites : SUITES })) return rerunWithSoakNodeFlags(process.argv.slice(2));
   const specs = strs(values, 'spec').map((f) => (isAbsolute(f) ? f : resolve(f)));
   // SOAK_SUITE has no regular-expression metacharacters: as a grep it matches itself.
   const grep = str(values, 'grep') ?? (soakText !== undefined ? SOAK_SUITE : undefined);

@@ -22,6 +22,8 @@ describe(SOAK_SUITE, function () {
   let figures: ReturnType<typeof soakFigures> | undefined;
 
   it("device_add/device_del cycles leave no iommufd id and no fd, QEMU's or the harness's, and the harness's heap grows < 1 KiB per cycle after the warm-up", async function () {
+    // The figures mean something only under the soak's Node flags (harness run --suite lab adds them).
+    expect(missingSoakNodeFlags(), "the soak's Node flags (harness run adds them; harness/lab/soak.ts says why)").to.deep.equal([]);
     const dev = await lab.host.device(this, 'no-pasid');
     // No vIOMMU: the attach is the host IOMMU's alone, on either platform.
     const spec: L2Spec = { config: loadConfig(lab.l2Arch === 'aarch64' ? 'no-viommu-virt' : 'no-viommu-q35'), spareRootPorts: 1 };

@@ -16,14 +16,15 @@ describe("the soak's Node flags (harness/cli/soak-node.ts)", function () {
   after(() => rmSync(dir, { recursive: true, force: true }));
 
   it('a run hands itself to a child with the flags only where the soak runs in it (the lab suite) and they are missing', () => {
-    expect(needsSoakNodeFlags({ soakCycles: '500', suites: ['lab'], execArgv: [] })).to.equal(true);
-    expect(needsSoakNodeFlags({ soakCycles: '500', suites: ['lab'], execArgv: [...SOAK_NODE_FLAGS] }), 'already the child').to.equal(false);
-    expect(needsSoakNodeFlags({ soakCycles: '500', suites: ['virtual-lab'], execArgv: [] }), "L0: L1's own run carries the soak").to.equal(false);
-    expect(needsSoakNodeFlags({ soakCycles: undefined, suites: ['lab'], execArgv: [] }), 'no soak').to.equal(false);
+    expect(needsSoakNodeFlags({ suites: ['lab'], execArgv: [] })).to.equal(true);
+    expect(needsSoakNodeFlags({ suites: ['qemu', 'lab'], execArgv: ['--enable-source-maps'] })).to.equal(true);
+    expect(needsSoakNodeFlags({ suites: ['lab'], execArgv: [...SOAK_NODE_FLAGS] }), 'already the child').to.equal(false);
+    expect(needsSoakNodeFlags({ suites: ['virtual-lab'], execArgv: [] }), "L0: L1's own run carries the soak").to.equal(false);
+    expect(needsSoakNodeFlags({ suites: ['qemu', 'guest'], execArgv: [] }), 'no lab suite, no soak').to.equal(false);
     expect(missingSoakNodeFlags(['--enable-source-maps', SOAK_NODE_FLAGS[0]!])).to.deep.equal(SOAK_NODE_FLAGS.slice(1));
   });
 
-  it('harness run with $HARNESS_SOAK_CYCLES and the lab suite runs its tests under the flags, and exits with their status', async () => {
+  it('harness run with the lab suite runs its tests under the flags, and exits with their status', async () => {
     const out = join(dir, 'argv.json');
     const spec = join(dir, 'argv.test.mjs');
     writeFileSync(
@@ -33,7 +34,7 @@ describe("the soak's Node flags (harness/cli/soak-node.ts)", function () {
     const r = await execa(process.execPath, [join(repoRoot, 'dist', 'harness', 'cli.js'), 'run', '--suite', 'lab', '--spec', spec, '--grep', '^argv '], {
       reject: false,
       all: true,
-      env: { HARNESS_SOAK_CYCLES: '2', HARNESS_ARTIFACTS: join(dir, 'artifacts'), HARNESS_JUNIT: join(dir, 'junit.xml') },
+      env: { HARNESS_ARTIFACTS: join(dir, 'artifacts'), HARNESS_JUNIT: join(dir, 'junit.xml') },
     });
     expect(JSON.parse(readFileSync(out, 'utf8')), r.all).to.include.members([...SOAK_NODE_FLAGS]);
     expect(r.exitCode, r.all).to.equal(1);
