@@ -169,7 +169,9 @@ export function formatSoakFigures(f: SoakFigures): string {
 /**
  * The Node flags the process that runs the soak gets (`harness run` adds them,
  * harness/cli/soak-node.ts), so that RSS shows what the harness keeps:
- * - no optimizing compiler (--no-opt). TurboFan keeps making new optimized
+ * - no optimizing compiler (--no-opt, and --no-maglev for Node 24's V8, the
+ *   arm64 root's: with Maglev on and TurboFan off the arm64 lab's heap still
+ *   grew 0.99 KiB/cycle over 500 cycles, RSS 5.6). TurboFan keeps making new optimized
  *   code and deoptimization data for the same closures, cycle after cycle: in
  *   a heap snapshot diff over 1000 cycles the new objects were that code, not
  *   harness data. In the x86 lab's L1, 500 cycles: heap +0.33 KiB/cycle with
@@ -181,7 +183,7 @@ export function formatSoakFigures(f: SoakFigures): string {
  * The price is time: a cycle took 453 ms without TurboFan, 352 ms with it
  * (two L1 runs under TCG, so partly run-to-run spread).
  */
-export const SOAK_NODE_FLAGS: readonly string[] = ['--no-opt', '--single-threaded-gc', '--min-semi-space-size=1', '--max-semi-space-size=1'];
+export const SOAK_NODE_FLAGS: readonly string[] = ['--no-opt', '--no-maglev', '--single-threaded-gc', '--min-semi-space-size=1', '--max-semi-space-size=1'];
 
 /** The soak flags `execArgv` lacks. */
 export function missingSoakNodeFlags(execArgv: readonly string[] = process.execArgv): string[] {
