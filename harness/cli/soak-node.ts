@@ -27,7 +27,10 @@ export function rerunWithSoakNodeFlags(argv: readonly string[]): Promise<number>
   const script = process.argv[1];
   if (!script) throw new Error('cannot run the harness again under the soak flags: process.argv[1] (the CLI script) is missing');
   const { command, args } = withParentDeath(process.execPath, [...process.execArgv, ...missingSoakNodeFlags(), script, ...argv]);
-  const child = spawn(command, args, { stdio: 'inherit', detached: true });
+  // One malloc arena: glibc's per-thread arenas (libuv's pool, V8's workers) each keep their own
+  // high-water mark, which RSS sums; with one, what RSS adds is what the process needed at once.
+  const env = { ...process.env, MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '1' };
+  const child = spawn(command, args, { stdio: 'inherit', detached: true, env });
   const forward = (sig: NodeJS.Signals) => () => {
     child.kill(sig);
   };

@@ -180,6 +180,9 @@ export function formatSoakFigures(f: SoakFigures): string {
  *   only: otherwise V8 resizes the young generation in steps of megabytes and
  *   background threads give pages back at moments the sample races (the RSS
  *   slope of the same 550 cycles on L0 read -0.19 to 2.73 KiB/cycle).
+ * The child also gets one malloc arena (MALLOC_ARENA_MAX=1): with those flags
+ * alone the x86 lab's RSS slope still read 0.76 and 1.52 KiB/cycle on a heap
+ * that grew 0.01; with one arena, 0.49.
  * The price is time: a cycle took 453 ms without TurboFan, 352 ms with it
  * (two L1 runs under TCG, so partly run-to-run spread).
  */

@@ -29,14 +29,14 @@ describe("the soak's Node flags (harness/cli/soak-node.ts)", function () {
     const spec = join(dir, 'argv.test.mjs');
     writeFileSync(
       spec,
-      `import { writeFileSync } from 'node:fs';\ndescribe('argv', () => { it('records execArgv', () => { writeFileSync(${JSON.stringify(out)}, JSON.stringify(process.execArgv)); }); it('fails', () => { throw new Error('on purpose'); }); });\n`,
+      `import { writeFileSync } from 'node:fs';\ndescribe('argv', () => { it('records execArgv', () => { writeFileSync(${JSON.stringify(out)}, JSON.stringify([...process.execArgv, 'MALLOC_ARENA_MAX=' + process.env.MALLOC_ARENA_MAX])); }); it('fails', () => { throw new Error('on purpose'); }); });\n`,
     );
     const r = await execa(process.execPath, [join(repoRoot, 'dist', 'harness', 'cli.js'), 'run', '--suite', 'lab', '--spec', spec, '--grep', '^argv '], {
       reject: false,
       all: true,
       env: { HARNESS_ARTIFACTS: join(dir, 'artifacts'), HARNESS_JUNIT: join(dir, 'junit.xml') },
     });
-    expect(JSON.parse(readFileSync(out, 'utf8')), r.all).to.include.members([...SOAK_NODE_FLAGS]);
+    expect(JSON.parse(readFileSync(out, 'utf8')), r.all).to.include.members([...SOAK_NODE_FLAGS, 'MALLOC_ARENA_MAX=1']);
     expect(r.exitCode, r.all).to.equal(1);
   });
 });
