@@ -24,6 +24,7 @@ import { replayVfioJournal } from '../host/vfio-bind.js';
 import { l2QemuVar } from '../lab/l2.js';
 import { SOAK_SUITE } from '../lab/soak.js';
 import { needsSoakNodeFlags, rerunWithSoakNodeFlags } from './soak-node.js';
+import { LabHost } from '../lab/lab-host.js';
 import { ARCHES, envVarsFor, findQemu, qemuVersion, QemuNotFoundError, type Arch } from '../qemu/binary.js';
 import {
   collectTests,
@@ -180,7 +181,6 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
   const soakOnly = soakText !== undefined && !strs(values, 'suite').length && !strs(values, 'spec').length;
   const suites = soakOnly ? [str(values, 'profile') ? 'lab' : 'virtual-lab'] : strs(values, 'suite');
   for (const s of suites) if (!(SUITES as readonly string[]).includes(s)) throw new UsageError(`unknown suite ${JSON.stringify(s)} (known: ${SUITES.join(', ')})`);
-  if (!list && needsSoakNodeFlags({ suites: suites.length ? suites : SUITES })) return rerunWithSoakNodeFlags(process.argv.slice(2));
   const specs = strs(values, 'spec').map((f) => (isAbsolute(f) ? f : resolve(f)));
   // SOAK_SUITE has no regular-expression metacharacters: as a grep it matches itself.
   const grep = str(values, 'grep') ?? (soakText !== undefined ? SOAK_SUITE : undefined);
@@ -202,6 +202,9 @@ async function run({ values }: Parsed, io: Io): Promise<number> {
   } catch (e) {
     throw new UsageError((e as Error).message, false);
   }
+  // The lab suite's files load when it is named, or when neither a suite nor a spec is (every suite).
+  const runsLab = suites.length ? suites.includes('lab') : !specs.length;
+  if (!list && needsSoakNodeFlags({ runsLab, labUnavailable: LabHost.unavailableReason() })) return rerunWithSoakNodeFlags(process.argv.slice(2));
   const origins = new Map<string, string>();
   for (const arch of ARCHES) {
     const v = `QEMU_${arch.toUpperCase()}`;

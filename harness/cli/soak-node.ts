@@ -16,10 +16,11 @@ import { missingSoakNodeFlags } from '../lab/soak.js';
 import { withParentDeath } from '../qemu/parent-death.js';
 
 /** True where this process should hand the run to a child with the soak's Node flags. */
-export function needsSoakNodeFlags(o: { suites: readonly string[]; execArgv?: readonly string[] }): boolean {
-  // Only where the soak test runs in this process: the lab suite (on a lab host, or in L1). L0's
-  // run of the virtual lab passes the cycles on to L1, whose own harness run re-runs itself.
-  return o.suites.includes('lab') && missingSoakNodeFlags(o.execArgv).length > 0;
+export function needsSoakNodeFlags(o: { runsLab: boolean; labUnavailable: string | undefined; execArgv?: readonly string[] }): boolean {
+  // Only where the soak test runs in this process: the lab suite (on a lab host, or in L1), on a
+  // host where it can run at all (elsewhere it skips whole: LabHost.unavailableReason). L0's run
+  // of the virtual lab passes the cycles on to L1, whose own harness run re-runs itself.
+  return o.runsLab && o.labUnavailable === undefined && missingSoakNodeFlags(o.execArgv).length > 0;
 }
 
 /** Runs this CLI again with `argv` under the soak's Node flags; resolves with the child's exit status. */

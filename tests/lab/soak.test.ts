@@ -22,8 +22,9 @@ describe(SOAK_SUITE, function () {
   let figures: ReturnType<typeof soakFigures> | undefined;
 
   it("device_add/device_del cycles leave no iommufd id and no fd, QEMU's or the harness's, and the harness's heap grows < 1 KiB per cycle after the warm-up", async function () {
-    // The figures mean something only under the soak's Node flags (harness run --suite lab adds them).
+    // The figures mean something only under the soak's Node flags and one malloc arena (harness run --suite lab re-runs itself with them).
     expect(missingSoakNodeFlags(), "the soak's Node flags (harness run adds them; harness/lab/soak.ts says why)").to.deep.equal([]);
+    expect(process.env.MALLOC_ARENA_MAX, 'MALLOC_ARENA_MAX (harness run sets 1 unless set)').to.not.equal(undefined);
     const dev = await lab.host.device(this, 'no-pasid');
     // No vIOMMU: the attach is the host IOMMU's alone, on either platform.
     const spec: L2Spec = { config: loadConfig(lab.l2Arch === 'aarch64' ? 'no-viommu-virt' : 'no-viommu-q35'), spareRootPorts: 1 };
