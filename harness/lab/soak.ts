@@ -82,6 +82,13 @@ export interface SoakSample {
   harnessRssKiB: number;
   /** The harness's V8 heap in use after it (what the harness keeps, without the allocator's slack). */
   harnessHeapKiB: number;
+  /**
+   * Where RSS might grow when the heap does not, kept in soak.json to attribute RSS steps:
+   * V8's committed heap, memory outside it (Buffers), and the process's anonymous memory.
+   */
+  harnessHeapCommittedKiB?: number;
+  harnessExternalKiB?: number;
+  harnessAnonKiB?: number;
   traceLines: number;
   ms: number;
 }

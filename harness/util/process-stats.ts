@@ -13,6 +13,13 @@ export function rssKiB(pid: number | 'self'): number {
   return Number(m[1]);
 }
 
+/** Anonymous memory of a process (its malloc arenas, V8's heap, stacks), in KiB, from smaps_rollup. */
+export function anonKiB(pid: number | 'self'): number {
+  const m = /^Anonymous:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+  if (!m) throw new Error(`/proc/${pid}/smaps_rollup has no Anonymous line`);
+  return Number(m[1]);
+}
+
 export function fdsOf(pid: number | 'self'): number {
   return readdirSync(`/proc/${pid}/fd`).length;
 }

@@ -5,7 +5,7 @@ import { useLabHost } from '../../harness/lab/fixture.js';
 import { type SkippableTest, skipBecause } from '../../harness/report/skip.js';
 import { formatsFor, spareRootPort, vfioPciDevice, type L2Spec } from '../../harness/lab/l2.js';
 import { formatSoakFigures, missingSoakNodeFlags, SOAK_SUITE, type SoakSample, soakCycles, soakFigures, TraceWindow } from '../../harness/lab/soak.js';
-import { collectGarbage, fdsOf, rssKiB } from '../../harness/util/process-stats.js';
+import { anonKiB, collectGarbage, fdsOf, rssKiB } from '../../harness/util/process-stats.js';
 import { loadConfig } from '../../harness/viommu/configs.js';
 
 /**
@@ -44,6 +44,9 @@ describe(SOAK_SUITE, function () {
       harnessFds: 0,
       harnessRssKiB: 0,
       harnessHeapKiB: 0,
+      harnessHeapCommittedKiB: 0,
+      harnessExternalKiB: 0,
+      harnessAnonKiB: 0,
       traceLines: 0,
       ms: 0,
     }));
@@ -64,7 +67,11 @@ describe(SOAK_SUITE, function () {
       x.qemuRssKiB = rssKiB(m.pid);
       x.harnessFds = fdsOf('self');
       x.harnessRssKiB = rssKiB('self');
-      x.harnessHeapKiB = Math.round(process.memoryUsage().heapUsed / 1024);
+      const mem = process.memoryUsage();
+      x.harnessHeapKiB = Math.round(mem.heapUsed / 1024);
+      x.harnessHeapCommittedKiB = Math.round(mem.heapTotal / 1024);
+      x.harnessExternalKiB = Math.round(mem.external / 1024);
+      x.harnessAnonKiB = anonKiB('self');
       x.traceLines = window.lines;
       x.ms = ms;
     }

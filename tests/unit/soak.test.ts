@@ -6,7 +6,7 @@ import { skipBecause } from '../../harness/report/skip.js';
 import { defaultTraceEventsPath, TraceFormats } from '../../harness/trace/formats.js';
 import { repoRoot } from '../../harness/util/paths.js';
 import { linearSlope, type SoakSample, soakCycles, soakFigures, soakWarmup, TraceWindow } from '../../harness/lab/soak.js';
-import { collectGarbage, fdsOf, rssKiB } from '../../harness/util/process-stats.js';
+import { anonKiB, collectGarbage, fdsOf, rssKiB } from '../../harness/util/process-stats.js';
 
 /** A soak's samples: RSS rising `kibPerCycle` with +-`noise` KiB of jitter (seeded), a GC-like step at `stepAt`. */
 function samples(n: number, kibPerCycle: number, opts: { noise?: number; stepAt?: number; fdsAt?: number } = {}): SoakSample[] {
@@ -58,6 +58,10 @@ describe('soak figures', () => {
 
   it("this process's RSS and fds read from /proc, and a forced GC lets go of garbage", () => {
     expect(rssKiB('self')).to.be.greaterThan(1000);
+    // Node's heap is anonymous memory: a live process has megabytes of it, never more than its RSS.
+    const anon = anonKiB('self');
+    expect(anon).to.be.greaterThan(1000);
+    expect(anon).to.be.at.most(rssKiB('self') + 1024);
     expect(fdsOf('self')).to.be.greaterThan(2);
     collectGarbage();
     const before = process.memoryUsage().heapUsed;
