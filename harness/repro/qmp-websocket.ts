@@ -3,10 +3,11 @@
  * with a QMP monitor on it): the handshake completes and the greeting arrives
  * as a binary frame, but a command sent afterwards usually goes unanswered
  * (seen in 10.0.13 and 11.1.3; QEMU's websock trace shows the frame decoded,
- * and handle_qmp_command never fires). Not always: in one CI run of many,
- * 10.0.13 answered, so it is a race, and one connection proves nothing either
- * way. The reproducer gives QEMU TRIES such chardevs, connects to all of
- * them and calls the defect present when any of them goes unanswered. An HMP monitor on the same
+ * and handle_qmp_command never fires). Not always: it is a race that load
+ * decides (under a loaded CI run both releases once answered on every
+ * connection), so one connection proves nothing either way. The reproducer
+ * gives QEMU TRIES such chardevs, connects to all of them and calls the
+ * defect present when any of them goes unanswered. An HMP monitor on the same
  * kind of chardev answers, which rules out the client and the transport.
  */
 import { readFileSync } from 'node:fs';
@@ -54,6 +55,13 @@ export async function qmpOverWebsocketTries(ports: readonly number[], answerMs =
   return { greeting: tries[0]?.greeting ?? '', replies: tries.map((t) => t.reply) };
 }
 
+/** Free loopback ports for TRIES QMP WebSocket chardevs and one HMP chardev. */
+export async function websocketPorts(): Promise<{ qmpPorts: number[]; hmpPort: number }> {
+  const qmpPorts: number[] = [];
+  for (let i = 0; i < TRIES; i++) qmpPorts.push(await freeLoopbackPort());
+  return { qmpPorts, hmpPort: await freeLoopbackPort() };
+}
+
 /** The QEMU arguments for `ports.length` WebSocket chardevs wsq0.. with a QMP monitor each, and one with HMP. */
 export function websocketMonitorArgs(features: Parameters<typeof monitorArgs>[0], qmpPorts: readonly number[], hmpPort: number): string[] {
   return [
@@ -78,9 +86,7 @@ async function run(o: ReproOptions): Promise<ReproOutcome> {
   const version = await qemuVersion(bin);
   // -object monitor-qmp where the binary has it (11.1 deprecates -mon), -mon on 10.0.
   const { features } = await probeQemu(bin);
-  const qmpPorts: number[] = [];
-  for (let i = 0; i < TRIES; i++) qmpPorts.push(await freeLoopbackPort());
-  const hmpPort = await freeLoopbackPort();
+  const { qmpPorts, hmpPort } = await websocketPorts();
   const m = await Machine.launch(
     {
       arch: o.arch,

@@ -14,6 +14,12 @@ import { loadConfig } from '../../harness/viommu/configs.js';
  * (IOAS, HWPT), device_del detaches it and frees both. A leak of any kind
  * grows with the cycles; the figures go to the log and soak.json.
  */
+/** The figures mean something only under the soak's Node flags and one malloc arena (harness run --suite lab re-runs itself with them). */
+function expectSoakSettings(): void {
+  expect(missingSoakNodeFlags(), "the soak's Node flags (harness run adds them; harness/lab/soak.ts says why)").to.deep.equal([]);
+  expect(process.env.MALLOC_ARENA_MAX, 'MALLOC_ARENA_MAX (harness run sets 1 unless set)').to.not.equal(undefined);
+}
+
 describe(SOAK_SUITE, function () {
   const cycles = soakCycles();
   this.timeout(120_000 + cycles * 15_000);
@@ -22,9 +28,7 @@ describe(SOAK_SUITE, function () {
   let figures: ReturnType<typeof soakFigures> | undefined;
 
   it("device_add/device_del cycles leave no iommufd id and no fd, QEMU's or the harness's, and the harness's heap grows < 1 KiB per cycle after the warm-up", async function () {
-    // The figures mean something only under the soak's Node flags and one malloc arena (harness run --suite lab re-runs itself with them).
-    expect(missingSoakNodeFlags(), "the soak's Node flags (harness run adds them; harness/lab/soak.ts says why)").to.deep.equal([]);
-    expect(process.env.MALLOC_ARENA_MAX, 'MALLOC_ARENA_MAX (harness run sets 1 unless set)').to.not.equal(undefined);
+    expectSoakSettings();
     const dev = await lab.host.device(this, 'no-pasid');
     // No vIOMMU: the attach is the host IOMMU's alone, on either platform.
     const spec: L2Spec = { config: loadConfig(lab.l2Arch === 'aarch64' ? 'no-viommu-virt' : 'no-viommu-q35'), spareRootPorts: 1 };
@@ -93,7 +97,7 @@ describe(SOAK_SUITE, function () {
     if (cycles < 500) skipBecause(this, `the RSS bound is judged over 500 cycles or more (npm run soak); this run has ${cycles}`);
     const soak = this.test!.parent!.tests[0] as Mocha.Test & SkippableTest;
     if (soak.isPending()) skipBecause(this, `the soak above was skipped: ${soak.skipReason ?? '(no reason)'}`);
-    expect(missingSoakNodeFlags(), "the soak's Node flags (harness run adds them; harness/lab/soak.ts says why)").to.deep.equal([]);
+    expectSoakSettings();
     expect(figures, 'figures of the soak above (did it run to its end?)').to.not.equal(undefined);
     expect(figures!.harnessRssSlopeKiB, `harness RSS growth after ${figures!.warmup} warm-up cycles, KiB per cycle (least squares)`).to.be.below(1);
   });

@@ -1,11 +1,10 @@
 import { skipBecause } from '../../harness/report/skip.js';
 import { expect } from 'chai';
 import { startQmpBridge } from '../../harness/qmp/ws-bridge.js';
-import { qmpOverWebsocketTries, TRIES, websocketMonitorArgs } from '../../harness/repro/qmp-websocket.js';
+import { qmpOverWebsocketTries, TRIES, websocketMonitorArgs, websocketPorts } from '../../harness/repro/qmp-websocket.js';
 import type { Machine } from '../../harness/qemu/machine.js';
 import { useMachines } from '../../harness/testing/fixtures.js';
 import { requireQemu } from '../../harness/testing/prereqs.js';
-import { freeLoopbackPort } from '../../harness/util/net.js';
 import { probeArch } from '../../harness/viommu/probe.js';
 import { refusedUpgrade, wsClient } from '../support/ws-client.js';
 
@@ -60,9 +59,7 @@ describe('QMP over WebSocket', function () {
 
   it("QEMU's own websocket chardev: QMP greets but (through 11.1) leaves a command unanswered on some of 5 fresh connections; HMP answers", async function () {
     this.timeout(20_000);
-    const qmpPorts: number[] = [];
-    for (let i = 0; i < TRIES; i++) qmpPorts.push(await freeLoopbackPort());
-    const hmpPort = await freeLoopbackPort();
+    const { qmpPorts, hmpPort } = await websocketPorts();
     const { features } = await probeArch('x86_64');
     const m = await machines.launch({ arch: 'x86_64', machine: { type: 'none' }, paused: true, extraArgs: websocketMonitorArgs(features, qmpPorts, hmpPort) });
     const v = m.qmp.greeting.version.qemu;
