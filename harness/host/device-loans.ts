@@ -34,6 +34,9 @@ export class DeviceLoans {
   async take(among: readonly string[], count: number, scope: object): Promise<LoanResult> {
     const reused = among.filter((b) => this.lent.has(b)).slice(0, count);
     const candidates = among.filter((b) => !this.lent.has(b));
+    // No wait gives more devices than the profile lists.
+    const listed = new Set(among).size;
+    if (listed < count) return { ok: false, reason: `${count} devices asked, the profile lists ${listed}: ${among.join(', ') || '(none)'}` };
     const leased: string[] = [];
     const until = Date.now() + this.waitMs;
     for (;;) {
@@ -44,9 +47,9 @@ export class DeviceLoans {
       if (reused.length + leased.length >= count) break;
       if (Date.now() >= until) {
         for (const b of leased) this.leases.release(b);
-        const busy = candidates.find((b) => !leased.includes(b));
-        const holder = busy === undefined ? undefined : this.leases.holder(busy);
-        return { ok: false, reason: busy === undefined ? `fewer than ${count} devices among ${among.join(', ')}` : leasedReason(busy, holder, this.waitMs) };
+        // Enough devices are listed (checked above), so one not had is held by another run.
+        const busy = candidates.find((b) => !leased.includes(b))!;
+        return { ok: false, reason: leasedReason(busy, this.leases.holder(busy), this.waitMs) };
       }
       await sleep(Math.min(RETRY_MS, Math.max(1, until - Date.now())));
     }

@@ -72,6 +72,15 @@ describe('lab devices: leased and bound per test', function () {
       other.releaseAll();
     });
 
+    it('more devices asked than listed is refused at once, naming both counts, with nothing leased', async () => {
+      const loans = new DeviceLoans(binder(), new DeviceLeases(leaseDir), 10_000);
+      const t0 = Date.now();
+      const r = await loans.take([NIC, NIC2], 3, {});
+      expect(Date.now() - t0, 'no wait for devices that do not exist').to.be.below(1_000);
+      expect(r).to.deep.equal({ ok: false, reason: `3 devices asked, the profile lists 2: ${NIC}, ${NIC2}` });
+      expect(existsSync(leaseFile(NIC)) || existsSync(leaseFile(NIC2)), 'a lease left').to.equal(false);
+    });
+
     it('a bind refused gives the lease back and throws', async () => {
       const loans = new DeviceLoans(binder(), new DeviceLeases(leaseDir), 0);
       rmSync(join(fake.paths.sys, 'bus', 'pci', 'drivers', 'vfio-pci'), { recursive: true, force: true });
