@@ -7,8 +7,9 @@ import { findGuestImage } from '../../harness/guest/image.js';
 import { useLabHost } from '../../harness/lab/fixture.js';
 import { bootL2Kernel, waitForModel } from '../../harness/lab/l2-kernel.js';
 import { oracleViommu } from '../../harness/lab/l2.js';
+import { SMMU_AUTO_NEEDS_COLD_PLUG, SMMU_AUTO_PROPERTIES, smmuAutoProperties } from '../../harness/lab/smmu.js';
 import { hostSmmuFields, parseSmmuProbeLines, probeLineView, vsmmuView } from '../../harness/lab/smmu-view.js';
-import type { Machine } from '../../harness/qemu/machine.js';
+import { LaunchError, type Machine } from '../../harness/qemu/machine.js';
 import { skipBecause } from '../../harness/report/skip.js';
 import { formatHwptFlags } from '../../harness/trace/flags.js';
 import type { IommufdModel } from '../../harness/trace/model.js';
@@ -109,6 +110,38 @@ describe('arm-smmuv3 accel auto properties resolved from the host SMMU, as L2’
       expect(lines, `one arm-smmu-v3 probe line in the guest's dmesg:\n${out}`).to.have.length(1);
       const { ssidBits: _unobservable, ...seen } = want.view;
       expect(probeLineView(lines[0]!), `the guest's view (${lines[0]!.line}) against QEMU's rule on host IDRs`).to.deep.equal(seen);
+    });
+  }
+});
+
+/**
+ * Which accel properties, left `auto`, make QEMU insist on a cold-plugged
+ * device (smmuv3_accel_machine_done exits): the list in harness/lab/smmu.ts,
+ * which the matrix's hot-plug test trusts, asked of the QEMU at hand. Each
+ * property alone is left auto on the all-explicit config, with nothing plugged.
+ */
+describe('arm-smmuv3 accel: each property left auto alone, nothing cold-plugged: QEMU exits exactly where harness/lab/smmu.ts says', function () {
+  this.timeout(300_000);
+  const lab = useLabHost();
+  const explicit = loadConfig('arm-smmuv3-accel-explicit');
+
+  for (const prop of ['ats', 'ril', 'ssidsize', 'oas', 'cmdqv']) {
+    const forcesAuto = (SMMU_AUTO_PROPERTIES as readonly string[]).includes(prop);
+    it(`${prop}=auto: ${forcesAuto ? 'QEMU exits 1 asking for a cold-plugged VFIO device' : 'QEMU comes up with nothing plugged'}`, async function () {
+      const { [prop]: _auto, ...features } = explicit.viommu!.features;
+      const config = { ...explicit, name: `${explicit.name}+${prop}=auto`, viommu: { ...explicit.viommu!, features } };
+      lab.requireConfig(this, config);
+      expect(smmuAutoProperties(config), 'the auto properties harness/lab/smmu.ts sees').to.deep.equal(forcesAuto ? [prop] : []);
+      const { error, model } = await lab.launch({ config, spareRootPorts: 1 });
+      if (forcesAuto) {
+        expect(error, `with ${prop} auto and no cold-plugged device QEMU must not come up`).to.be.instanceOf(LaunchError);
+        expect(error!.stderr).to.include(SMMU_AUTO_NEEDS_COLD_PLUG);
+        expect(error!.exit?.code, 'QEMU exits 1 (smmuv3_accel_machine_done)').to.equal(1);
+      } else {
+        expect(error?.stderr ?? '', `QEMU with ${prop} auto and nothing plugged`).to.not.include(SMMU_AUTO_NEEDS_COLD_PLUG);
+        expect(error, `QEMU with ${prop} auto and nothing plugged comes up (harness/lab/smmu.ts says ${prop} does not force auto mode)`).to.equal(undefined);
+      }
+      expect(model.hwptAllocs, 'no device, no HWPT').to.have.length(0);
     });
   }
 });

@@ -87,8 +87,8 @@ describe('vIOMMU configs and property names', () => {
   });
 
   it('names the arm-smmuv3 accel properties a config leaves auto (those that make QEMU need a cold-plugged VFIO device)', () => {
-    expect(smmuAutoProperties(loadConfig('arm-smmuv3-accel'))).to.deep.equal(['ats', 'ril', 'ssidsize']);
-    expect(smmuAutoProperties(loadConfig('arm-smmuv3-accel-ssid'))).to.deep.equal(['ats', 'ril']);
+    expect(smmuAutoProperties(loadConfig('arm-smmuv3-accel'))).to.deep.equal(['ats', 'ril', 'ssidsize', 'oas']);
+    expect(smmuAutoProperties(loadConfig('arm-smmuv3-accel-ssid'))).to.deep.equal(['ats', 'ril', 'oas']);
     expect(smmuAutoProperties(loadConfig('arm-smmuv3-accel-explicit'))).to.deep.equal([]);
     expect(smmuAutoProperties(loadConfig('arm-smmuv3-emulated')), 'accel=off has no auto mode').to.deep.equal([]);
     expect(smmuAutoProperties(loadConfig('intel-iommu-scalable-fsts'))).to.deep.equal([]);
