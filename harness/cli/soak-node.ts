@@ -1,5 +1,5 @@
 /**
- * A run that carries the soak (the lab suite: its soak runs 60 cycles in
+ * A run that carries the soak (the lab suite: its soak runs 100 cycles in
  * npm test, $HARNESS_SOAK_CYCLES with --soak) runs itself again under
  * SOAK_NODE_FLAGS (harness/lab/soak.ts): V8's heap sizing and compiler are
  * fixed when Node starts, so the flags cannot be set from inside. The short

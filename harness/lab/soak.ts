@@ -8,50 +8,19 @@
  * does not read as a leak.
  */
 
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import type { TraceFormats } from '../trace/formats.js';
-import type { IommufdModel, KernelRecord } from '../trace/model.js';
-import { iommufdModelOfText } from './l2.js';
-
-/**
- * The trace lines QEMU wrote since the last call, as a model of their own:
- * the objects one cycle allocated and did not free, without re-reading (and
- * the harness keeping) every earlier cycle's lines, which would grow the
- * soak's own memory with its length. Each cycle ends with nothing attached,
- * so a cycle's model is the whole story of its objects.
- */
-export class TraceWindow {
-  private offset = 0;
-  /** Complete lines read so far. */
-  lines = 0;
-  constructor(
-    private readonly file: string,
-    private readonly formats: TraceFormats,
-  ) {}
-
-  next(kernel: KernelRecord[] = []): IommufdModel {
-    const fd = openSync(this.file, 'r');
-    let buf: Buffer;
-    try {
-      buf = Buffer.alloc(fstatSync(fd).size - this.offset);
-      readSync(fd, buf, 0, buf.length, this.offset);
-    } finally {
-      closeSync(fd);
-    }
-    // A line QEMU is still writing waits for the next window.
-    const end = buf.lastIndexOf(0x0a) + 1;
-    const text = buf.subarray(0, end).toString('utf8');
-    this.offset += end;
-    for (let i = text.indexOf('\n'); i >= 0; i = text.indexOf('\n', i + 1)) this.lines++;
-    return iommufdModelOfText(text, this.formats, kernel);
-  }
-}
-
 /** The soak suite's title (tests/lab/soak.test.ts): `harness run --soak N` selects it. */
 export const SOAK_SUITE = 'soak: hot-plug cycles on one L2';
 
+/**
+ * Cycles npm test's soak runs, and the fewest over which RSS is judged. RSS
+ * settles slowly in the first cycles (pages touched once): the x86 lab's
+ * RSS slope over a 60-cycle run read 0.71 and 0.72 KiB/cycle in two runs,
+ * over 100 cycles 0.34 and 0.33 (its 500-cycle slope: 0.02).
+ */
+export const SOAK_CYCLES_SHORT = 100;
+
 /** Cycles a soak runs: $HARNESS_SOAK_CYCLES (harness run --soak N sets it), else `fallback`. */
-export function soakCycles(env: NodeJS.ProcessEnv = process.env, fallback = 60): number {
+export function soakCycles(env: NodeJS.ProcessEnv = process.env, fallback = SOAK_CYCLES_SHORT): number {
   const v = env.HARNESS_SOAK_CYCLES;
   if (v === undefined || v === '') return fallback;
   const n = Number(v);
@@ -64,7 +33,7 @@ export function soakBudgetMs(env: NodeJS.ProcessEnv = process.env): number {
   return env.HARNESS_SOAK_CYCLES ? soakCycles(env) * 15_000 : 0;
 }
 
-/** Cycles left out of the fit: 50, or a third of a shorter run (a 60-cycle run fits its last 40). */
+/** Cycles left out of the fit: 50, or a third of a shorter run (a 100-cycle run fits its last 67). */
 export function soakWarmup(cycles: number): number {
   return Math.min(50, Math.floor(cycles / 3));
 }
@@ -187,13 +156,35 @@ export function formatSoakFigures(f: SoakFigures): string {
  *   only: otherwise V8 resizes the young generation in steps of megabytes and
  *   background threads give pages back at moments the sample races (the RSS
  *   slope of the same 550 cycles on L0 read -0.19 to 2.73 KiB/cycle).
+ * - compaction on every full GC (--compact-on-every-full-gc), the one before
+ *   each sample included: V8 otherwise compacts by its own heuristics, so a
+ *   flat heap in use (20.5 MiB in the x86 lab) sits on 94 to 96 committed
+ *   256 KiB pages, one more taken at some cycle and given back at another;
+ *   RSS follows each page (anonymous memory moved with it, 16 KiB a cycle as
+ *   the page filled, then 512 KiB at once when it went). One page taken late
+ *   and kept read as 1.5 KiB/cycle on a 500-cycle fit; given back before the
+ *   end, as -0.37.
+ * - no bytecode flushing (--no-flush-bytecode): V8 drops the bytecode of a
+ *   function not run for 5 full GCs (--bytecode-old-age), and the soak makes
+ *   one full GC a cycle, so what runs every few cycles (timers, heartbeats)
+ *   was dropped and compiled again: the x86 lab's heap in use fell 165 KiB
+ *   at cycles 29, 30 and 38 and came back, which over a 60-cycle run read
+ *   as 1.02 KiB/cycle on a heap that did not grow.
  * The child also gets one malloc arena (MALLOC_ARENA_MAX=1): with those flags
  * alone the x86 lab's RSS slope still read 0.76 and 1.52 KiB/cycle on a heap
  * that grew 0.01; with one arena, 0.49.
  * The price is time: a cycle took 453 ms without TurboFan, 352 ms with it
  * (two L1 runs under TCG, so partly run-to-run spread).
  */
-export const SOAK_NODE_FLAGS: readonly string[] = ['--no-opt', '--no-maglev', '--single-threaded-gc', '--min-semi-space-size=1', '--max-semi-space-size=1'];
+export const SOAK_NODE_FLAGS: readonly string[] = [
+  '--no-opt',
+  '--no-maglev',
+  '--single-threaded-gc',
+  '--compact-on-every-full-gc',
+  '--no-flush-bytecode',
+  '--min-semi-space-size=1',
+  '--max-semi-space-size=1',
+];
 
 /** The soak flags `execArgv` lacks. */
 export function missingSoakNodeFlags(execArgv: readonly string[] = process.execArgv): string[] {

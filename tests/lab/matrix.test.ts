@@ -2,16 +2,15 @@ import * as chai from 'chai';
 import { expect } from 'chai';
 import { guestPciFunctionsWithPasid } from '../../harness/lab/guest-pasid.js';
 import { useLabHost, type DirectAnswer } from '../../harness/lab/fixture.js';
-import { statSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { bootL2Kernel, waitForModel } from '../../harness/lab/l2-kernel.js';
 import { findGuestImage } from '../../harness/guest/image.js';
-import { formatsFor, iommufdModelOf, iommufdModelOfText, oracleViommu, spareRootPort, vfioPciDevice, type L2Spec } from '../../harness/lab/l2.js';
+import { formatsFor, iommufdModelOf, oracleViommu, spareRootPort, vfioPciDevice, type L2Spec } from '../../harness/lab/l2.js';
 import { MATRIX, MATRIX_SUITE, REQUESTS_TEST, rowTitle } from '../../harness/lab/matrix.js';
 import { formatHwptFlags, HWPT_ALLOC_FLAGS } from '../../harness/trace/flags.js';
 import type { IommufdModel } from '../../harness/trace/model.js';
 import { QmpCommandError } from '../../harness/qmp/errors.js';
-import { LaunchError, type Machine } from '../../harness/qemu/machine.js';
+import { LaunchError } from '../../harness/qemu/machine.js';
+import { TraceWindow } from '../../harness/lab/trace-window.js';
 import { SMMU_AUTO_NEEDS_COLD_PLUG, smmuAutoProperties } from '../../harness/lab/smmu.js';
 import { skipBecause } from '../../harness/report/skip.js';
 import { iommufdAssertions } from '../../harness/trace/chai-plugin.js';
@@ -19,14 +18,6 @@ import { expectHwpt, type HwptExpectation } from '../../harness/trace/oracle.js'
 import { loadConfig } from '../../harness/viommu/configs.js';
 
 chai.use(iommufdAssertions);
-
-const traceLength = (m: Machine): number => statSync(m.traceFile!).size;
-
-/** The model of the trace lines a machine wrote since byte `from`. */
-async function traceSince(m: Machine, from: number): Promise<IommufdModel> {
-  const text = (await readFile(m.traceFile!)).subarray(from).toString('utf8');
-  return iommufdModelOfText(text, await formatsFor(m.binary.traceEventsAll));
-}
 
 /**
  * The patch series' scenarios as a matrix (kselftest FIXTURE_VARIANT style):
@@ -93,15 +84,16 @@ describe(MATRIX_SUITE, function () {
           return;
         }
         const m = await lab.launchL2(s);
+        const window = new TraceWindow(m.traceFile!, await formatsFor(m.binary.traceEventsAll));
         for (let i = 0; i < 3; i++) {
-          const from = traceLength(m);
+          window.skip();
           const add = m.qmp.deviceAdd(vfioPciDevice({ bdf: dev.bdf, id: `hp${i}` }, spareRootPort(s)) as never);
           if (direct.ok) {
             await add;
             if (oracle.smmu) {
               // Each cycle's device is the vSMMU's only one: it allocates the vIOMMU and its
               // abort/bypass HWPTs anew. Judged on this cycle's lines alone: iommufd reuses freed ids.
-              const cycle = await traceSince(m, from);
+              const cycle = window.next();
               expect(cycle, `cycle ${i}`).to.have.smmuAccelSequence(oracle, { devId: cycle.devIdOf(dev.bdf)! });
             }
             await m.qmp.deviceDel(`hp${i}`, 10_000);

@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { skipBecause } from '../../harness/report/skip.js';
 import { defaultTraceEventsPath, TraceFormats } from '../../harness/trace/formats.js';
 import { repoRoot } from '../../harness/util/paths.js';
-import { linearSlope, type SoakSample, soakCycles, soakFigures, soakWarmup, TraceWindow } from '../../harness/lab/soak.js';
+import { linearSlope, type SoakSample, soakCycles, soakFigures, soakWarmup } from '../../harness/lab/soak.js';
+import { TraceWindow } from '../../harness/lab/trace-window.js';
 import { anonKiB, collectGarbage, fdsOf, rssKiB } from '../../harness/util/process-stats.js';
 
 /** A soak's samples: RSS rising `kibPerCycle` with +-`noise` KiB of jitter (seeded), a GC-like step at `stepAt`. */
@@ -42,16 +43,18 @@ describe('soak figures', () => {
     expect(flat.traceLinesPerCycle).to.equal(12);
   });
 
-  it('60 cycles (npm test): warm-up 20, the slope fitted on the last 40; an fd gained is counted', () => {
-    expect(soakWarmup(60)).to.equal(20);
-    const f = soakFigures(samples(60, 0, { noise: 16, fdsAt: 30 }));
+  it('100 cycles (npm test): warm-up 33, the slope fitted on the last 67; an fd gained is counted', () => {
+    expect(soakWarmup(100)).to.equal(33);
+    const f = soakFigures(samples(100, 0, { noise: 16, fdsAt: 30 }));
+    expect(f.warmup).to.equal(33);
     expect(Math.abs(f.harnessRssSlopeKiB)).to.be.below(1);
+    expect(soakFigures(samples(100, 2, { noise: 16 })).harnessRssSlopeKiB, 'a 2 KiB/cycle leak over 100 cycles').to.be.within(1.8, 2.2);
     expect(f.qemuFdsLeaked).to.equal(1);
     expect(f.harnessFdsLeaked).to.equal(0);
   });
 
   it('HARNESS_SOAK_CYCLES: a whole number of at least 2, else an error naming it', () => {
-    expect(soakCycles({})).to.equal(60);
+    expect(soakCycles({})).to.equal(100);
     expect(soakCycles({ HARNESS_SOAK_CYCLES: '500' })).to.equal(500);
     expect(() => soakCycles({ HARNESS_SOAK_CYCLES: '1.5' })).to.throw(/HARNESS_SOAK_CYCLES .* not "1.5"/);
   });
@@ -101,6 +104,30 @@ describe('soak trace window (a real three-cycle hot-plug capture from the virtua
         expect(w.lines).to.equal(end);
         from = end;
       }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('TraceWindow.skip passes over what is written so far: the next window models only what follows', async function () {
+    const path = defaultTraceEventsPath();
+    if (!existsSync(path)) skipBecause(this, `no trace-events-all at ${path}`);
+    const formats = await TraceFormats.load(path);
+    const text = readFileSync(join(repoRoot, 'tests', 'fixtures', 'trace', 'l1', 'no-viommu-hotplug-3-cycles.log'), 'utf8');
+    const lines = text.split('\n').filter(Boolean);
+    const end = lines.findIndex((l) => l.includes('iommufd_backend_disconnect')) + 1;
+    const dir = mkdtempSync(join(tmpdir(), 'soak-window-'));
+    try {
+      const file = join(dir, 'trace.log');
+      writeFileSync(file, `${lines.slice(0, end).join('\n')}\n`);
+      const w = new TraceWindow(file, formats);
+      w.skip();
+      expect(w.lines, 'lines skipped').to.equal(end);
+      expect(w.next().hwptAllocs, 'nothing written since the skip').to.have.length(0);
+      appendFileSync(file, `${lines.slice(end).join('\n')}\n`);
+      // The two cycles after the first: two HWPTs, where the whole trace has three.
+      expect(w.next().hwptAllocs, 'HWPTs after the skip').to.have.length(2);
+      expect(w.lines).to.equal(lines.length);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
